@@ -31,6 +31,7 @@
     XX(REGISTRY_UNAVAILABLE, true, "schema registry unavailable")              \
     XX(REDIS_UNAVAILABLE, true, "redis unavailable")                           \
     XX(REDIS_PROTOCOL, true, "unexpected redis reply")                         \
+    XX(IN_FLIGHT, true, "effect is being processed by another worker")         \
     XX(HTTP_NETWORK, true, "network error talking to HTTP peer")               \
     XX(HTTP_TIMEOUT, true, "HTTP request timed out")                           \
     XX(HTTP_THROTTLED, true, "throttled by peer (429), waiting Retry-After")   \

@@ -65,26 +65,32 @@ static void append_raw(char *buf, size_t cap, size_t *len, const char *s)
     *len += n;
 }
 
+void log_timestamp(char *buf, size_t size)
+{
+    struct timespec now;
+    struct tm tm;
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, (int)(now.tv_nsec / 1000000L));
+}
+
 void log_write(enum log_level level, const char *event_id, const char *fmt,
                ...)
 {
     char msg[2048];
     char line[4096];
-    char ts[40];
+    char ts[64];
     size_t len = 0;
-    struct timespec now;
-    struct tm tm;
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
 
-    clock_gettime(CLOCK_REALTIME, &now);
-    gmtime_r(&now.tv_sec, &tm);
-    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-             tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000L);
+    log_timestamp(ts, sizeof(ts));
 
     append_raw(line, sizeof(line), &len, "{\"ts\":\"");
     append_raw(line, sizeof(line), &len, ts);

@@ -20,6 +20,7 @@
 #define CRMSYNC_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 enum log_level {
     LOG_LEVEL_DEBUG = 0,
@@ -43,6 +44,12 @@ bool log_enabled(enum log_level level);
  * @returns true and sets *out on success, false on an unknown name.
  */
 bool log_level_parse(const char *name, enum log_level *out);
+
+/**
+ * @brief Formats the current UTC time as RFC 3339 with milliseconds
+ *        ("2026-11-22T09:00:00.123Z") into buf (at least 32 bytes).
+ */
+void log_timestamp(char *buf, size_t size);
 
 /**
  * @brief Writes one log line.

@@ -1,0 +1,336 @@
+/*
+ * handler - one batch of response events through idempotency and the CRM.
+ *
+ * Per batch: read + validate each event (invalid -> dead letter), decide
+ * skips, claim every effect key in Redis (one round trip), write the new
+ * campaign responses in $batch requests as create-only upserts keyed by a
+ * UUIDv5 of the effect key (so even with Redis wiped a replay can never
+ * create a second record: the CRM answers 412 "exists"), then mark the
+ * written keys done (one round trip). Redis or CRM outages turn the affected
+ * items into KL_RETRY; the loop pauses and retries them.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/crm.h"
+#include "common/idem.h"
+#include "common/kafka_loop.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/odata.h"
+#include "common/runtime.h"
+#include "workers/response/response.h"
+
+#define KEY_MAX 512
+
+struct tenant_mode {
+    char *tenant; /* owned */
+    bool unique;
+};
+
+struct response_handler {
+    const struct response_config *rc; /* borrowed */
+    struct runtime *rt;               /* borrowed */
+    bool unique_default;
+    struct tenant_mode *modes; /* owned */
+    size_t nmodes;
+};
+
+/* Per-item scratch for one batch. */
+struct work {
+    struct kl_item *it;
+    struct response_event ev;
+    char key[KEY_MAX];
+    char activityid[37];
+    struct crm_op op;
+    bool candidate; /* needs a claim */
+};
+
+static enum cs_err parse_tenant_modes(struct response_handler *h,
+                                      const char *spec, char *errstr,
+                                      size_t errstr_size)
+{
+    char *copy = strdup(spec);
+    char *save = NULL;
+
+    if (!copy)
+        return CS_ERR_NOMEM;
+    for (char *tok = strtok_r(copy, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        struct tenant_mode *modes;
+        while (*tok == ' ')
+            tok++;
+        if (!eq || eq == tok ||
+            (strcmp(eq + 1, "all") != 0 && strcmp(eq + 1, "unique") != 0)) {
+            snprintf(errstr, errstr_size,
+                     "response.tenant_modes: bad entry '%s' (want "
+                     "tenant=all|unique)",
+                     tok);
+            free(copy);
+            return CS_ERR_CONFIG;
+        }
+        *eq = '\0';
+        modes = realloc(h->modes, (h->nmodes + 1) * sizeof(*modes));
+        if (!modes) {
+            free(copy);
+            return CS_ERR_NOMEM;
+        }
+        h->modes = modes;
+        h->modes[h->nmodes].tenant = strdup(tok);
+        h->modes[h->nmodes].unique = strcmp(eq + 1, "unique") == 0;
+        h->nmodes++;
+    }
+    free(copy);
+    return CS_ERR_OK;
+}
+
+struct response_handler *response_handler_new(const struct response_config *rc,
+                                              struct runtime *rt, char *errstr,
+                                              size_t errstr_size)
+{
+    struct response_handler *h = calloc(1, sizeof(*h));
+
+    if (!h) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    h->rc = rc;
+    h->rt = rt;
+    h->unique_default = strcmp(rc->mode, "unique") == 0;
+    if (parse_tenant_modes(h, rc->tenant_modes, errstr, errstr_size)) {
+        response_handler_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void response_handler_free(struct response_handler *h)
+{
+    if (!h)
+        return;
+    for (size_t i = 0; i < h->nmodes; i++)
+        free(h->modes[i].tenant);
+    free(h->modes);
+    free(h);
+}
+
+static bool tenant_unique(const struct response_handler *h,
+                          const char *tenant)
+{
+    for (size_t i = 0; i < h->nmodes; i++)
+        if (strcmp(h->modes[i].tenant, tenant) == 0)
+            return h->modes[i].unique;
+    return h->unique_default;
+}
+
+bool response_handler_healthy(void *ctx)
+{
+    struct response_handler *h = ctx;
+    return idem_ping(h->rt->idem) && h->rt->crm->ops->ping(h->rt->crm->self);
+}
+
+/* Step 1: validate and decide skips; candidates get an effect key. */
+static void prepare(struct response_handler *h, struct work *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct kl_item *it = w[i].it;
+        const char *skip;
+        if (response_event_read(&it->value, &w[i].ev, it->reason,
+                                sizeof(it->reason)) != CS_ERR_OK) {
+            it->state = KL_DEAD;
+            it->err = CS_ERR_INVALID_EVENT;
+            continue;
+        }
+        skip = response_skip_reason(h->rc, &w[i].ev);
+        if (skip) {
+            it->state = KL_SKIPPED;
+            it->skip_reason = skip;
+            continue;
+        }
+        response_effect_key(&w[i].ev, tenant_unique(h, w[i].ev.tenant),
+                            w[i].key, sizeof(w[i].key));
+        w[i].candidate = true;
+    }
+}
+
+/* Step 2: claim every candidate in one round trip. */
+static bool claim(struct response_handler *h, struct work *w, size_t n)
+{
+    struct idem_key *keys = calloc(n, sizeof(*keys));
+    enum idem_state *st = calloc(n, sizeof(*st));
+    size_t *idx = calloc(n, sizeof(*idx));
+    size_t k = 0;
+    char errstr[256];
+    enum cs_err err = CS_ERR_NOMEM;
+
+    if (!keys || !st || !idx)
+        goto out_free;
+    for (size_t i = 0; i < n; i++) {
+        if (!w[i].candidate)
+            continue;
+        keys[k].id = w[i].key;
+        keys[k].event_ms = w[i].ev.occurred_at;
+        idx[k++] = i;
+    }
+    err = idem_claim(h->rt->idem, keys, k, st, errstr, sizeof(errstr));
+    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total",
+                        NULL, k ? 1 : 0);
+    if (err) {
+        for (size_t j = 0; j < k; j++)
+            kl_item_fail(w[idx[j]].it, KL_RETRY, err, "%s", errstr);
+        goto out_free;
+    }
+    for (size_t j = 0; j < k; j++) {
+        struct work *x = &w[idx[j]];
+        if (st[j] == IDEM_DUPLICATE) {
+            x->it->state = KL_DUPLICATE;
+            x->candidate = false;
+        } else if (st[j] == IDEM_IN_FLIGHT) {
+            kl_item_fail(x->it, KL_RETRY, CS_ERR_IN_FLIGHT,
+                         "effect is claimed by another worker");
+            x->candidate = false;
+        }
+    }
+out_free:
+    free(idx);
+    free(st);
+    free(keys);
+    return err == CS_ERR_OK;
+}
+
+/* Step 3: one create-only upsert per claimed item, sent in $batch. */
+static void write_crm(struct response_handler *h, struct work *w, size_t n)
+{
+    struct crm_op *ops = calloc(n, sizeof(*ops));
+    size_t *idx = calloc(n, sizeof(*idx));
+    size_t k = 0;
+    char errstr[256];
+    enum cs_err err;
+    char path[128];
+
+    if (!ops || !idx) {
+        for (size_t i = 0; i < n; i++)
+            if (w[i].candidate)
+                kl_item_fail(w[i].it, KL_RETRY, CS_ERR_NOMEM, "out of memory");
+        goto out_free;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!w[i].candidate)
+            continue;
+        odata_uuid5(CRMSYNC_UUID_NAMESPACE, w[i].key, w[i].activityid);
+        snprintf(path, sizeof(path), "campaignresponses(%s)",
+                 w[i].activityid);
+        ops[k].method = "PATCH";
+        ops[k].path = strdup(path);
+        ops[k].body = response_build_body(&w[i].ev);
+        ops[k].flags = CRM_OP_CREATE_ONLY;
+        idx[k++] = i;
+    }
+    if (k == 0)
+        goto out_free;
+
+    err = h->rt->crm->ops->execute(h->rt->crm->self, ops, k, errstr,
+                                   sizeof(errstr));
+    for (size_t j = 0; j < k; j++) {
+        struct kl_item *it = w[idx[j]].it;
+        if (err) {
+            kl_item_fail(it, KL_RETRY, err, "%s", errstr);
+            continue;
+        }
+        switch (ops[j].result) {
+        case CRM_OP_OK:
+        case CRM_OP_EXISTS:
+            it->state = KL_DONE;
+            break;
+        case CRM_OP_FAILED:
+            kl_item_fail(it, KL_DEAD, CS_ERR_CRM_REJECTED, "CRM %d: %s",
+                         ops[j].status, ops[j].error);
+            break;
+        default:
+            kl_item_fail(it, KL_RETRY, CS_ERR_HTTP_SERVER, "CRM %d: %s",
+                         ops[j].status, ops[j].error);
+            it->retry_after_ms = ops[j].retry_after_ms;
+            break;
+        }
+    }
+out_free:
+    for (size_t j = 0; j < k; j++) {
+        free(ops[j].path);
+        free(ops[j].body);
+    }
+    free(idx);
+    free(ops);
+}
+
+/* Step 4: done markers for written effects, releases for rejected ones. */
+static void settle(struct response_handler *h, struct work *w, size_t n)
+{
+    struct idem_key *done = calloc(n, sizeof(*done));
+    struct idem_key *rel = calloc(n, sizeof(*rel));
+    size_t nd = 0, nr = 0;
+    char errstr[256];
+
+    if (!done || !rel)
+        goto out_free;
+    for (size_t i = 0; i < n; i++) {
+        if (!w[i].candidate)
+            continue;
+        if (w[i].it->state == KL_DONE) {
+            done[nd].id = w[i].key;
+            done[nd++].event_ms = w[i].ev.occurred_at;
+        } else if (w[i].it->state == KL_DEAD) {
+            rel[nr].id = w[i].key;
+            rel[nr++].event_ms = w[i].ev.occurred_at;
+        }
+    }
+    /* The CRM write is itself idempotent: a lost done marker only costs a
+     * 412 on replay, so a Redis failure here does not fail the items. */
+    if (nd && idem_mark_done(h->rt->idem, done, nd, errstr, sizeof(errstr)))
+        LOG_WARN("could not mark %zu effects done: %s", nd, errstr);
+    if (nr && idem_release(h->rt->idem, rel, nr, errstr, sizeof(errstr)))
+        LOG_WARN("could not release %zu claims: %s", nr, errstr);
+    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total",
+                        NULL, (nd ? 1 : 0) + (nr ? 1 : 0));
+out_free:
+    free(rel);
+    free(done);
+}
+
+static void observe_latency(struct response_handler *h, struct work *w,
+                            size_t n)
+{
+    struct timespec now;
+    double now_s;
+    clock_gettime(CLOCK_REALTIME, &now);
+    now_s = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+    for (size_t i = 0; i < n; i++)
+        if (w[i].candidate && w[i].it->state == KL_DONE)
+            metrics_histogram_observe(
+                h->rt->metrics, "crmsync_event_to_crm_seconds", NULL,
+                now_s - (double)w[i].ev.occurred_at / 1000.0);
+}
+
+void response_handler_process(void *ctx, struct kl_item **items, size_t n)
+{
+    struct response_handler *h = ctx;
+    struct work *w = calloc(n, sizeof(*w));
+
+    if (!w) {
+        for (size_t i = 0; i < n; i++)
+            kl_item_fail(items[i], KL_RETRY, CS_ERR_NOMEM, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        w[i].it = items[i];
+
+    prepare(h, w, n);
+    if (claim(h, w, n)) {
+        write_crm(h, w, n);
+        settle(h, w, n);
+        observe_latency(h, w, n);
+    }
+    free(w);
+}
