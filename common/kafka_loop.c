@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/avro_codec.h"
 #include "common/config.h"
@@ -710,9 +711,13 @@ enum cs_err kafka_loop_run(struct kafka_loop *kl, volatile sig_atomic_t *run)
         update_health(kl, false);
     }
 
-    /* SIGTERM: finish the batch (one attempt), then close, which revokes
-     * (abandoning what is unfinished) and commits the stored offsets. */
-    if (ok && kl->n) {
+    /* SIGTERM: finish the batch (one attempt unless we are backing off from
+     * an outage), then close, which revokes (abandoning what is unfinished)
+     * and commits the stored offsets. A hard deadline (SIGALRM terminates
+     * the process) bounds shutdown even if a peer hangs: nothing is lost,
+     * uncommitted work is simply redelivered. */
+    alarm((unsigned)(kl->cfg->shutdown_timeout_ms + 999) / 1000);
+    if (ok && kl->n && !kl->retry_at) {
         LOG_INFO("stopping: finishing open batch count=%zu", kl->n);
         attempt_batch(kl);
     }
