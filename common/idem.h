@@ -1,0 +1,173 @@
+/*
+ * idem - Redis-backed idempotency markers: claim, mark done, release.
+ *
+ * A worker asks, for a batch of event ids, "may I process these?"
+ * (idem_claim), writes to the CRM, then records success (idem_mark_done) or
+ * gives its claims back (idem_release). Each of the three calls is exactly
+ * one Redis round trip for the whole batch: a Lua script run with EVALSHA
+ * (EVAL on a fresh connection and on NOSCRIPT), never one command per id.
+ *
+ * Per id, idem_claim answers:
+ *   - IDEM_CLAIMED: nobody has it (or the previous lease expired, or the
+ *     lease is already ours): it is now ours for lease_ms; process it.
+ *   - IDEM_DUPLICATE: it was marked done earlier, or it appeared earlier in
+ *     the same call: skip it and count it.
+ *   - IDEM_IN_FLIGHT: another owner holds an unexpired lease: do not process
+ *     it now; retry it later (it will be DUPLICATE once the other worker
+ *     succeeds, or CLAIMED once its lease lapses or it releases).
+ * Redis is an optimisation, not the source of truth: markers can be lost
+ * (failover, FLUSHALL, TTL) so the CRM write itself must stay idempotent.
+ *
+ * DESIGN (memory layout, measured with bench/idem_mem.c on Redis 7.0):
+ *   key   = "cs:idem:<ns>:<day>:<bucket>", a small hash per bucket;
+ *           day = event time in UTC days since 1970-01-01,
+ *           bucket = (first 8 bytes of SHA-256(id)) % buckets_per_day.
+ *   field = bytes 8..15 of SHA-256(id) (8 raw bytes, independent of the
+ *           bucket selector; a false duplicate needs a 64-bit collision
+ *           within one bucket of one day).
+ *   value = "d" (done) or "p<owner>:<lease expiry, Redis ms>" (processing).
+ *   TTL   = whole-bucket EXPIREAT at (day end + ttl_days) set by every
+ *           mark_done (never shortened below now + lease); a claim into a
+ *           bucket whose TTL is shorter than lease_ms (or absent, i.e. a new
+ *           bucket) sets PEXPIRE lease_ms, so a crash never leaves an eternal
+ *           key. Events older than ttl_days after their day are therefore
+ *           not remembered for long (the CRM upsert still guards them).
+ *   Lease times come from Redis' TIME inside the script, so clock skew
+ *   between workers does not matter.
+ * A done id costs ~13 B of listpack (1+8+1 field, 1+1+1 value) plus the
+ * key's share of per-key overhead (~100 B) and allocator rounding. Measured
+ * (1M ids over one day, Redis 7.0.15): 16.4 B/id at a mean of 80 ids per
+ * bucket, 15.0 at 200, 14.8 at 400, against ~145 B/id for one
+ * `SET cs:idem:plain:<uuid> 1 NX EX 604800` key per id. This only holds
+ * while every bucket stays a listpack: at most hash-max-listpack-entries
+ * fields (Redis default 512; some deployments lower it, e.g. to 128) and
+ * values of at most hash-max-listpack-value (64) bytes. A bucket that
+ * overflows becomes a hashtable for good and costs ~5x more per field
+ * (1M ids at a mean of 600 per bucket: 70 B/id). Hence:
+ *   - SIZING RULE: buckets_per_day = events expected on the busiest day / 80
+ *     (rounded up). Bucket sizes are Poisson-distributed: at a mean of 80 no
+ *     bucket reaches 128 fields (0 of 12500 measured), so the rule holds
+ *     even for a server limited to 128 (at a mean of 100, 31 of 10000
+ *     buckets overflowed 128), and with the default 512 it leaves room for
+ *     a day 5x busier than planned. Spending fewer buckets saves at most
+ *     ~1.5 B/id; bench/idem_mem.c prints the overflow count to check.
+ *   - the owner token is limited to IDEM_OWNER_MAX bytes so a processing
+ *     value stays under 64 bytes.
+ *
+ * Connection handling: one blocking hiredis connection, opened lazily. Any
+ * connection error, timeout or AUTH failure frees it and the call returns
+ * CS_ERR_REDIS_UNAVAILABLE (retryable: the caller pauses; nothing is
+ * pretended to have succeeded); the next call reconnects. If a connection
+ * that was idle since an earlier call turns out dead (Redis restarted, idle
+ * timeout), the call reconnects and retries once within the same call
+ * (safe: every script is idempotent for the same owner). A fresh
+ * connection sends EVAL (which also caches the script), later calls
+ * EVALSHA; NOSCRIPT (SCRIPT FLUSH, failover) falls back to EVAL once.
+ * SIGPIPE is blocked in the calling thread around each exchange (and one
+ * caused by it swallowed), so a reset socket cannot kill the process.
+ *
+ * Ownership: idem_new copies everything it needs from the options; all
+ * pointers passed to the other functions are borrowed for the call only.
+ * Secrets: the Redis password is never written to errstr or logs.
+ *
+ * Thread-safety: a struct idem is used by one thread at a time (it owns one
+ * hiredis connection). Different handles are independent.
+ */
+#ifndef CRMSYNC_IDEM_H
+#define CRMSYNC_IDEM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+/* Longest accepted owner token (keeps "p<owner>:<13-digit ms>" < 64 B). */
+#define IDEM_OWNER_MAX 40
+/* Longest accepted namespace. */
+#define IDEM_NS_MAX 64
+/* Most keys accepted in one call (bounds one script run on the server). */
+#define IDEM_BATCH_MAX 100000
+
+struct idem; /* opaque; one Redis connection; used by one thread */
+
+struct idem_opts {
+    const char *redis_url; /* redis://[:password@]host:port[/db] or
+                              redis://user:password@host:port/db (AUTH with
+                              user if given; user and password may be
+                              %-encoded), borrowed during idem_new */
+    int timeout_ms;        /* connect + command timeout, > 0 */
+    const char *ns;        /* key namespace, e.g. worker name; [A-Za-z0-9_.-]+,
+                              borrowed during idem_new */
+    const char *owner;     /* lease owner token (e.g. hostname:pid), at most
+                              IDEM_OWNER_MAX bytes; NULL = generate from
+                              hostname, pid and random */
+    int ttl_days;        /* how long done markers are kept after the event's day
+                            ends, 0..3650 */
+    int buckets_per_day; /* hash buckets per day: expected events per day /
+                            80, rounded up; 1..16777216 */
+    int lease_ms;        /* processing lease, > 0 */
+};
+
+enum idem_state { IDEM_CLAIMED = 0, IDEM_DUPLICATE = 1, IDEM_IN_FLIGHT = 2 };
+
+/* id borrowed for the call; event_ms = event time (ms since epoch, UTC) used
+ * for day bucketing: pass the same event_ms for an id in every call. */
+struct idem_key {
+    const char *id;
+    int64_t event_ms;
+};
+
+/**
+ * @brief Creates the handle and tries to connect; a failed connect is NOT an
+ *        error (the next call reconnects).
+ * @param opts borrowed during the call; everything needed is copied.
+ * @returns a handle the caller frees with idem_free(), or NULL only on bad
+ *          options (errstr says why; it never contains the password).
+ */
+struct idem *idem_new(const struct idem_opts *opts, char *errstr,
+                      size_t errstr_size);
+
+/** @brief Closes the connection and frees the handle; NULL is fine. */
+void idem_free(struct idem *idem);
+
+/**
+ * @brief Claims n ids in one round trip. out[i] receives the state for
+ *        keys[i]; a repeated id within one call gets IDEM_DUPLICATE for
+ *        every occurrence after the first.
+ * @param keys borrowed for the call; out must hold n entries.
+ * @returns CS_ERR_OK; CS_ERR_REDIS_UNAVAILABLE (connection failed, lost,
+ *          timed out or AUTH rejected; retryable; out untouched);
+ *          CS_ERR_REDIS_PROTOCOL (unexpected reply; out untouched);
+ *          CS_ERR_INVALID_ARG (NULL id or n > IDEM_BATCH_MAX).
+ *          n == 0 -> CS_ERR_OK without I/O.
+ */
+enum cs_err idem_claim(struct idem *idem, const struct idem_key *keys, size_t n,
+                       enum idem_state *out, char *errstr, size_t errstr_size);
+
+/**
+ * @brief One round trip: marks every key done (whoever held the lease) and
+ *        (re)applies the bucket TTLs. Same return codes as idem_claim.
+ */
+enum cs_err idem_mark_done(struct idem *idem, const struct idem_key *keys,
+                           size_t n, char *errstr, size_t errstr_size);
+
+/**
+ * @brief One round trip: drops our own processing claims (work failed and
+ *        will be retried or dead-lettered elsewhere). Ids that are done or
+ *        held by another owner are left alone. Same return codes.
+ */
+enum cs_err idem_release(struct idem *idem, const struct idem_key *keys,
+                         size_t n, char *errstr, size_t errstr_size);
+
+/** @returns true when Redis answers PING (reconnecting first if needed). */
+bool idem_ping(struct idem *idem);
+
+/** @returns round trips made so far (connect handshakes, PINGs and script
+ *           calls; a NOSCRIPT fallback counts twice). */
+unsigned long long idem_round_trips(const struct idem *idem);
+
+/** @returns the owner token in use (borrowed, valid until idem_free). */
+const char *idem_owner(const struct idem *idem);
+
+#endif

@@ -1,0 +1,821 @@
+/*
+ * test_idem - idem against a real redis-server started on a free port.
+ *
+ * Each group starts its own redis-server (fork/exec, --save "" and no AOF)
+ * and kills it in teardown; tests that need a password or a Redis that goes
+ * away start their own instance.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "common/idem.h"
+
+struct redis_proc {
+    pid_t pid; /* redis-server child, 0 when not running */
+    int port;
+    const char *password; /* borrowed string literal or NULL */
+};
+
+struct fixture {
+    struct redis_proc redis; /* the group's server */
+};
+
+static int free_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int port;
+
+    assert_true(fd >= 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = 0;
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Admin connection (AUTH if the server has a password); caller frees. */
+static redisContext *admin_connect(const struct redis_proc *rp)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", rp->port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    if (rp->password) {
+        redisReply *r = redisCommand(c, "AUTH %s", rp->password);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            if (r)
+                freeReplyObject(r);
+            redisFree(c);
+            return NULL;
+        }
+        freeReplyObject(r);
+    }
+    return c;
+}
+
+static bool redis_answers(const struct redis_proc *rp)
+{
+    redisContext *c = admin_connect(rp);
+    redisReply *r;
+    bool ok;
+
+    if (!c)
+        return false;
+    r = redisCommand(c, "PING");
+    ok = r && r->type == REDIS_REPLY_STATUS;
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return ok;
+}
+
+static void redis_start(struct redis_proc *rp)
+{
+    char port[16];
+    pid_t pid;
+
+    snprintf(port, sizeof(port), "%d", rp->port);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        /* Die with the test binary even if it crashes before teardown. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (devnull >= 0) {
+            dup2(devnull, STDOUT_FILENO);
+            dup2(devnull, STDERR_FILENO);
+        }
+        if (rp->password)
+            execlp("redis-server", "redis-server", "--port", port, "--bind",
+                   "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--requirepass", rp->password, (char *)NULL);
+        else
+            execlp("redis-server", "redis-server", "--port", port, "--bind",
+                   "127.0.0.1", "--save", "", "--appendonly", "no",
+                   (char *)NULL);
+        _exit(127);
+    }
+    rp->pid = pid;
+    for (int i = 0; i < 200; i++) {
+        if (redis_answers(rp))
+            return;
+        sleep_ms(25);
+    }
+    fail_msg("redis-server did not answer on port %d", rp->port);
+}
+
+static void redis_stop(struct redis_proc *rp, int sig)
+{
+    if (rp->pid <= 0)
+        return;
+    kill(rp->pid, sig);
+    waitpid(rp->pid, NULL, 0);
+    rp->pid = 0;
+}
+
+static int group_setup(void **state)
+{
+    struct fixture *fx = calloc(1, sizeof(*fx));
+
+    if (!fx)
+        return -1;
+    fx->redis.port = free_port();
+    redis_start(&fx->redis);
+    *state = fx;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    struct fixture *fx = *state;
+
+    redis_stop(&fx->redis, SIGTERM);
+    free(fx);
+    return 0;
+}
+
+/* Each test starts with an empty database. */
+static int test_setup(void **state)
+{
+    struct fixture *fx = *state;
+    redisContext *c = admin_connect(&fx->redis);
+    redisReply *r;
+
+    if (!c)
+        return -1;
+    r = redisCommand(c, "FLUSHALL");
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return 0;
+}
+
+static struct idem *open_idem_full(const char *url, const char *owner,
+                                   int lease_ms, int buckets)
+{
+    char errstr[256] = "";
+    struct idem_opts o = {
+        .redis_url = url,
+        .timeout_ms = 1000,
+        .ns = "test",
+        .owner = owner,
+        .ttl_days = 7,
+        .buckets_per_day = buckets,
+        .lease_ms = lease_ms,
+    };
+    struct idem *idem = idem_new(&o, errstr, sizeof(errstr));
+    if (!idem)
+        fail_msg("idem_new: %s", errstr);
+    return idem;
+}
+
+static struct idem *open_idem_url(const char *url, const char *owner,
+                                  int lease_ms)
+{
+    return open_idem_full(url, owner, lease_ms, 16);
+}
+
+/* buckets_per_day = 1 puts every id of a day into one bucket. */
+static struct idem *open_idem_b(const struct fixture *fx, const char *owner,
+                                int lease_ms, int buckets)
+{
+    char url[64];
+
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", fx->redis.port);
+    return open_idem_full(url, owner, lease_ms, buckets);
+}
+
+static struct idem *open_idem(const struct fixture *fx, const char *owner,
+                              int lease_ms)
+{
+    return open_idem_b(fx, owner, lease_ms, 16);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Claims one id and returns its state (asserting the call succeeded). */
+static enum idem_state claim1(struct idem *idem, const char *id)
+{
+    struct idem_key k = {id, now_ms()};
+    enum idem_state st = (enum idem_state) - 1;
+    char errstr[256] = "";
+    enum cs_err err = idem_claim(idem, &k, 1, &st, errstr, sizeof(errstr));
+
+    if (err != CS_ERR_OK)
+        fail_msg("idem_claim: %s: %s", cs_err_name(err), errstr);
+    return st;
+}
+
+static void done1(struct idem *idem, const char *id)
+{
+    struct idem_key k = {id, now_ms()};
+    char errstr[256] = "";
+    enum cs_err err = idem_mark_done(idem, &k, 1, errstr, sizeof(errstr));
+
+    if (err != CS_ERR_OK)
+        fail_msg("idem_mark_done: %s: %s", cs_err_name(err), errstr);
+}
+
+static void release1(struct idem *idem, const char *id)
+{
+    struct idem_key k = {id, now_ms()};
+    char errstr[256] = "";
+    enum cs_err err = idem_release(idem, &k, 1, errstr, sizeof(errstr));
+
+    if (err != CS_ERR_OK)
+        fail_msg("idem_release: %s: %s", cs_err_name(err), errstr);
+}
+
+/* Runs a command on an admin connection; caller frees the reply. */
+static redisReply *admin_cmd(const struct redis_proc *rp, const char *cmd,
+                             const char *arg)
+{
+    redisContext *c = admin_connect(rp);
+    redisReply *r;
+
+    assert_non_null(c);
+    r = arg ? redisCommand(c, "%s %s", cmd, arg) : redisCommand(c, cmd);
+    assert_non_null(r);
+    redisFree(c);
+    return r;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void test_claim_done_duplicate(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "owner-a", 30000);
+    struct idem *b = open_idem(fx, "owner-b", 30000);
+
+    assert_int_equal(claim1(a, "evt-1"), IDEM_CLAIMED);
+    assert_int_equal(claim1(a, "evt-2"), IDEM_CLAIMED);
+    done1(a, "evt-1");
+    assert_int_equal(claim1(a, "evt-1"), IDEM_DUPLICATE);
+    assert_int_equal(claim1(b, "evt-1"), IDEM_DUPLICATE);
+    /* evt-2 is still a's processing claim. */
+    assert_int_equal(claim1(b, "evt-2"), IDEM_IN_FLIGHT);
+    idem_free(a);
+    idem_free(b);
+}
+
+static void test_in_flight_other_owner(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "owner-a", 30000);
+    struct idem *b = open_idem(fx, "owner-b", 30000);
+
+    assert_int_equal(claim1(a, "evt-x"), IDEM_CLAIMED);
+    assert_int_equal(claim1(b, "evt-x"), IDEM_IN_FLIGHT);
+    assert_int_equal(claim1(b, "evt-x"), IDEM_IN_FLIGHT);
+    done1(a, "evt-x");
+    assert_int_equal(claim1(b, "evt-x"), IDEM_DUPLICATE);
+    idem_free(a);
+    idem_free(b);
+}
+
+static void test_lease_expiry_takeover(void **state)
+{
+    struct fixture *fx = *state;
+    /* One bucket, kept alive for days by a done id: only the lease in the
+     * field itself can expire, not the whole key. */
+    struct idem *a = open_idem_b(fx, "owner-a", 300, 1);
+    struct idem *b = open_idem_b(fx, "owner-b", 300, 1);
+    redisReply *r;
+
+    assert_int_equal(claim1(a, "evt-anchor"), IDEM_CLAIMED);
+    done1(a, "evt-anchor");
+    assert_int_equal(claim1(a, "evt-lease"), IDEM_CLAIMED);
+    assert_int_equal(claim1(b, "evt-lease"), IDEM_IN_FLIGHT);
+    sleep_ms(450);
+    assert_int_equal(claim1(b, "evt-lease"), IDEM_CLAIMED);
+    /* Now b holds it: a (whose lease lapsed) is locked out ... */
+    assert_int_equal(claim1(a, "evt-lease"), IDEM_IN_FLIGHT);
+    /* ... and a's release must not drop b's claim. */
+    release1(a, "evt-lease");
+    assert_int_equal(claim1(a, "evt-lease"), IDEM_IN_FLIGHT);
+    /* The bucket never expired: both ids live in it. */
+    r = admin_cmd(&fx->redis, "KEYS", "cs:idem:test:*");
+    assert_int_equal(r->elements, 1);
+    {
+        redisReply *h = admin_cmd(&fx->redis, "HLEN", r->element[0]->str);
+        assert_int_equal(h->integer, 2);
+        freeReplyObject(h);
+    }
+    freeReplyObject(r);
+    assert_int_equal(claim1(b, "evt-anchor"), IDEM_DUPLICATE);
+    idem_free(a);
+    idem_free(b);
+}
+
+static void test_same_owner_reclaim(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "host-1:42", 30000);
+    struct idem *a2 = open_idem(fx, "host-1:42", 30000);
+    struct idem *b = open_idem(fx, "host-1:4", 30000);
+
+    assert_int_equal(claim1(a, "evt-r"), IDEM_CLAIMED);
+    assert_int_equal(claim1(a, "evt-r"), IDEM_CLAIMED);
+    /* Same token from another handle (a restarted worker) too. */
+    assert_int_equal(claim1(a2, "evt-r"), IDEM_CLAIMED);
+    /* A token that is a prefix of ours is another owner. */
+    assert_int_equal(claim1(b, "evt-r"), IDEM_IN_FLIGHT);
+    idem_free(a);
+    idem_free(a2);
+    idem_free(b);
+}
+
+static void test_release_lets_other_claim(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "owner-a", 30000);
+    struct idem *b = open_idem(fx, "owner-b", 30000);
+
+    assert_int_equal(claim1(a, "evt-rel"), IDEM_CLAIMED);
+    assert_int_equal(claim1(b, "evt-rel"), IDEM_IN_FLIGHT);
+    release1(b, "evt-rel"); /* not b's: no effect */
+    assert_int_equal(claim1(b, "evt-rel"), IDEM_IN_FLIGHT);
+    release1(a, "evt-rel");
+    assert_int_equal(claim1(b, "evt-rel"), IDEM_CLAIMED);
+    done1(b, "evt-rel");
+    release1(b, "evt-rel"); /* done stays done */
+    assert_int_equal(claim1(a, "evt-rel"), IDEM_DUPLICATE);
+    idem_free(a);
+    idem_free(b);
+}
+
+static void test_repeated_id_in_batch(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "owner-a", 30000);
+    int64_t t = now_ms();
+    struct idem_key keys[] = {{"x", t}, {"y", t}, {"x", t},
+                              {"x", t}, {"z", t}, {"y", t}};
+    enum idem_state out[6];
+    char errstr[256];
+
+    assert_int_equal(idem_claim(a, keys, 6, out, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(out[0], IDEM_CLAIMED);
+    assert_int_equal(out[1], IDEM_CLAIMED);
+    assert_int_equal(out[2], IDEM_DUPLICATE);
+    assert_int_equal(out[3], IDEM_DUPLICATE);
+    assert_int_equal(out[4], IDEM_CLAIMED);
+    assert_int_equal(out[5], IDEM_DUPLICATE);
+    /* Marking a repeated id done twice in one call is harmless. */
+    assert_int_equal(idem_mark_done(a, keys, 6, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_claim(a, keys, 6, out, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(out[i], IDEM_DUPLICATE);
+    idem_free(a);
+}
+
+/* Sums HLEN over the namespace's buckets and checks each bucket's TTL lies
+ * in [min_ttl, max_ttl] seconds. Returns the number of fields. */
+static long long check_buckets(const struct redis_proc *rp, long long min_ttl,
+                               long long max_ttl, size_t *nkeys)
+{
+    redisContext *c = admin_connect(rp);
+    redisReply *keys;
+    long long fields = 0;
+
+    assert_non_null(c);
+    keys = redisCommand(c, "KEYS cs:idem:test:*");
+    assert_non_null(keys);
+    assert_int_equal(keys->type, REDIS_REPLY_ARRAY);
+    for (size_t i = 0; i < keys->elements; i++) {
+        redisReply *r = redisCommand(c, "TTL %b", keys->element[i]->str,
+                                     keys->element[i]->len);
+        assert_non_null(r);
+        if (r->integer < min_ttl || r->integer > max_ttl)
+            fail_msg("bucket %s ttl %lld not in [%lld, %lld]",
+                     keys->element[i]->str, r->integer, min_ttl, max_ttl);
+        freeReplyObject(r);
+        r = redisCommand(c, "HLEN %b", keys->element[i]->str,
+                         keys->element[i]->len);
+        assert_non_null(r);
+        fields += r->integer;
+        freeReplyObject(r);
+    }
+    *nkeys = keys->elements;
+    freeReplyObject(keys);
+    redisFree(c);
+    return fields;
+}
+
+static void test_bucket_ttl(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "owner-a", 60000);
+    int64_t t = now_ms();
+    int64_t day = t / 86400000;
+    long long day_end_ttl = (day + 1 + 7) * 86400 - t / 1000;
+    struct idem_key k = {"evt-ttl", t};
+    enum idem_state st;
+    char errstr[256];
+    size_t nkeys = 0;
+    redisReply *r;
+
+    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    /* A brand-new bucket expires with the lease unless marked done. */
+    assert_int_equal(check_buckets(&fx->redis, 1, 60, &nkeys), 1);
+    assert_int_equal(nkeys, 1);
+
+    assert_int_equal(idem_mark_done(a, &k, 1, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(
+        check_buckets(&fx->redis, 7 * 86400 - 1, day_end_ttl, &nkeys), 1);
+    assert_int_equal(nkeys, 1);
+
+    /* The stored layout: 8-byte field, value "d", key names the day. */
+    r = admin_cmd(&fx->redis, "KEYS", "cs:idem:test:*");
+    assert_int_equal(r->elements, 1);
+    {
+        char want[64];
+        snprintf(want, sizeof(want), "cs:idem:test:%lld:", (long long)day);
+        assert_memory_equal(r->element[0]->str, want, strlen(want));
+        redisReply *h = admin_cmd(&fx->redis, "HGETALL", r->element[0]->str);
+        assert_int_equal(h->elements, 2);
+        assert_int_equal(h->element[0]->len, 8);
+        assert_string_equal(h->element[1]->str, "d");
+        freeReplyObject(h);
+        {
+            redisContext *c = admin_connect(&fx->redis);
+            assert_non_null(c);
+            h = redisCommand(c, "OBJECT ENCODING %s", r->element[0]->str);
+            assert_non_null(h);
+            assert_string_equal(h->str, "listpack");
+            freeReplyObject(h);
+            redisFree(c);
+        }
+    }
+    freeReplyObject(r);
+
+    /* An event older than its retention is kept only for about a lease
+     * (never an immediate delete, never forever). */
+    test_setup(state);
+    k.id = "evt-old";
+    k.event_ms = t - 30LL * 86400000;
+    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_mark_done(a, &k, 1, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(check_buckets(&fx->redis, 1, 61, &nkeys), 1);
+    idem_free(a);
+}
+
+static void test_password_auth(void **state)
+{
+    (void)state;
+    struct redis_proc rp = {0, free_port(), "s3cret-Pw!"};
+    char url[128];
+    char errstr[256] = "";
+    struct idem *a;
+    struct idem_key k = {"evt-auth", now_ms()};
+    enum idem_state st = (enum idem_state) - 1;
+
+    redis_start(&rp);
+
+    snprintf(url, sizeof(url), "redis://:s3cret-Pw%%21@127.0.0.1:%d/2",
+             rp.port);
+    a = open_idem_url(url, "owner-a", 30000);
+    assert_int_equal(claim1(a, "evt-auth"), IDEM_CLAIMED);
+    idem_free(a);
+
+    /* user form; db 2 must hold the claim made above. */
+    snprintf(url, sizeof(url), "redis://default:s3cret-Pw!@127.0.0.1:%d/2",
+             rp.port);
+    a = open_idem_url(url, "owner-b", 30000);
+    assert_int_equal(claim1(a, "evt-auth"), IDEM_IN_FLIGHT);
+    idem_free(a);
+
+    /* Wrong password: idem_new succeeds (lazy), calls fail retryably and
+     * the error text carries neither password. */
+    snprintf(url, sizeof(url), "redis://:wrong-Secret9@127.0.0.1:%d", rp.port);
+    a = open_idem_url(url, "owner-a", 30000);
+    assert_false(idem_ping(a));
+    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                     CS_ERR_REDIS_UNAVAILABLE);
+    assert_int_equal(st, (enum idem_state) - 1);
+    assert_true(strlen(errstr) > 0);
+    assert_null(strstr(errstr, "wrong-Secret9"));
+    assert_null(strstr(errstr, "s3cret"));
+    assert_non_null(strstr(errstr, "AUTH"));
+    idem_free(a);
+
+    /* No password at all: NOAUTH, also retryable. */
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rp.port);
+    a = open_idem_url(url, "owner-a", 30000);
+    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                     CS_ERR_REDIS_UNAVAILABLE);
+    idem_free(a);
+
+    redis_stop(&rp, SIGTERM);
+}
+
+static void test_bad_options(void **state)
+{
+    (void)state;
+    char errstr[256];
+    struct idem_opts o = {
+        .redis_url = "redis://:topSecretPw@127.0.0.1:notaport",
+        .timeout_ms = 1000,
+        .ns = "test",
+        .owner = NULL,
+        .ttl_days = 7,
+        .buckets_per_day = 16,
+        .lease_ms = 1000,
+    };
+    struct idem *idem;
+
+    errstr[0] = '\0';
+    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    assert_true(strlen(errstr) > 0);
+    assert_null(strstr(errstr, "topSecretPw"));
+
+    o.redis_url = "http://127.0.0.1:6379";
+    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    o.redis_url = "redis://topSecretPw@127.0.0.1:1";
+    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    assert_null(strstr(errstr, "topSecretPw"));
+
+    o.redis_url = "redis://127.0.0.1:1";
+    o.ns = "bad ns";
+    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    o.ns = "test";
+    o.owner = "0123456789012345678901234567890123456789x"; /* 41 bytes */
+    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    o.owner = NULL;
+    o.lease_ms = 0;
+    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    o.lease_ms = 1000;
+    o.buckets_per_day = 0;
+    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    o.buckets_per_day = 16;
+
+    /* Nothing listens on port 1: still a handle; generated owner fits. */
+    idem = idem_new(&o, errstr, sizeof(errstr));
+    assert_non_null(idem);
+    assert_true(strlen(idem_owner(idem)) > 0);
+    assert_true(strlen(idem_owner(idem)) <= IDEM_OWNER_MAX);
+    /* n == 0 is OK without I/O even though Redis is unreachable. */
+    {
+        unsigned long long rt = idem_round_trips(idem);
+        enum idem_state st;
+        assert_int_equal(idem_claim(idem, NULL, 0, &st, errstr, sizeof(errstr)),
+                         CS_ERR_OK);
+        assert_int_equal(idem_round_trips(idem), rt);
+    }
+    idem_free(idem);
+    idem_free(NULL);
+}
+
+static void test_redis_down_reconnect(void **state)
+{
+    (void)state;
+    struct redis_proc rp = {0, free_port(), NULL};
+    char url[64];
+    char errstr[256] = "";
+    struct idem *a;
+    struct idem_key k = {"evt-down", now_ms()};
+    enum idem_state st;
+
+    redis_start(&rp);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rp.port);
+    a = open_idem_url(url, "owner-a", 30000);
+    assert_int_equal(claim1(a, "evt-down"), IDEM_CLAIMED);
+
+    redis_stop(&rp, SIGKILL);
+    st = (enum idem_state) - 1;
+    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                     CS_ERR_REDIS_UNAVAILABLE);
+    assert_int_equal(st, (enum idem_state) - 1); /* out untouched */
+    assert_true(cs_err_retryable(CS_ERR_REDIS_UNAVAILABLE));
+    assert_int_equal(idem_mark_done(a, &k, 1, errstr, sizeof(errstr)),
+                     CS_ERR_REDIS_UNAVAILABLE);
+    assert_int_equal(idem_release(a, &k, 1, errstr, sizeof(errstr)),
+                     CS_ERR_REDIS_UNAVAILABLE);
+    assert_false(idem_ping(a));
+
+    /* Back on the same port (empty: no persistence): next call works. */
+    redis_start(&rp);
+    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(st, IDEM_CLAIMED);
+    assert_int_equal(idem_mark_done(a, &k, 1, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+
+    /* Restart while idle: the stale connection is replaced within the
+     * same call, no error surfaces. */
+    redis_stop(&rp, SIGKILL);
+    redis_start(&rp);
+    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(st, IDEM_CLAIMED);
+    assert_true(idem_ping(a));
+
+    /* A hung server (SIGSTOP): the call times out (timeout_ms = 1000)
+     * retryably instead of blocking; after SIGCONT the next call works. */
+    {
+        struct timespec t0;
+        struct timespec t1;
+        double secs;
+
+        kill(rp.pid, SIGSTOP);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        st = (enum idem_state) - 1;
+        assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                         CS_ERR_REDIS_UNAVAILABLE);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        secs = (double)(t1.tv_sec - t0.tv_sec) +
+               (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        assert_true(secs >= 0.9 && secs < 5.0);
+        assert_int_equal(st, (enum idem_state) - 1);
+        kill(rp.pid, SIGCONT);
+        assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+                         CS_ERR_OK);
+        assert_int_equal(st, IDEM_CLAIMED); /* our own lease */
+    }
+
+    idem_free(a);
+    redis_stop(&rp, SIGTERM);
+}
+
+/* calls of one command in INFO commandstats, e.g. "evalsha". */
+static long long cmd_calls(const struct redis_proc *rp, const char *cmd)
+{
+    redisReply *r = admin_cmd(rp, "INFO", "commandstats");
+    char needle[64];
+    const char *p;
+    long long calls = 0;
+
+    snprintf(needle, sizeof(needle), "cmdstat_%s:calls=", cmd);
+    p = strstr(r->str, needle);
+    if (p)
+        calls = strtoll(p + strlen(needle), NULL, 10);
+    freeReplyObject(r);
+    return calls;
+}
+
+static void test_round_trips(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "owner-a", 30000);
+    static const size_t sizes[] = {1, 10, 1000};
+    char ids[1000][24];
+    struct idem_key keys[1000];
+    enum idem_state out[1000];
+    char errstr[256];
+    int64_t t = now_ms();
+
+    for (size_t i = 0; i < 1000; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "rt-%zu", i);
+        keys[i].id = ids[i];
+        keys[i].event_ms = t + (int64_t)i * 3600000; /* spans days */
+    }
+    /* Warm up: the first use of each script on a connection is EVAL. */
+    assert_int_equal(idem_claim(a, keys, 1, out, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_mark_done(a, keys, 1, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_release(a, keys, 1, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+
+    for (size_t s = 0; s < 3; s++) {
+        size_t n = sizes[s];
+        long long evalsha = cmd_calls(&fx->redis, "evalsha");
+        unsigned long long rt = idem_round_trips(a);
+
+        assert_int_equal(idem_claim(a, keys, n, out, errstr, sizeof(errstr)),
+                         CS_ERR_OK);
+        assert_int_equal(idem_round_trips(a), rt + 1);
+        assert_int_equal(idem_release(a, keys, n, errstr, sizeof(errstr)),
+                         CS_ERR_OK);
+        assert_int_equal(idem_round_trips(a), rt + 2);
+        assert_int_equal(idem_mark_done(a, keys, n, errstr, sizeof(errstr)),
+                         CS_ERR_OK);
+        assert_int_equal(idem_round_trips(a), rt + 3);
+        assert_int_equal(cmd_calls(&fx->redis, "evalsha"), evalsha + 3);
+    }
+
+    /* Script cache flushed: EVALSHA -> NOSCRIPT -> EVAL, still correct. */
+    freeReplyObject(admin_cmd(&fx->redis, "SCRIPT", "FLUSH"));
+    {
+        unsigned long long rt = idem_round_trips(a);
+        assert_int_equal(idem_claim(a, keys, 3, out, errstr, sizeof(errstr)),
+                         CS_ERR_OK);
+        assert_int_equal(out[0], IDEM_DUPLICATE);
+        assert_int_equal(idem_round_trips(a), rt + 2);
+        assert_int_equal(idem_claim(a, keys, 3, out, errstr, sizeof(errstr)),
+                         CS_ERR_OK);
+        assert_int_equal(idem_round_trips(a), rt + 3);
+    }
+    idem_free(a);
+}
+
+static void test_big_batch(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "owner-a", 30000);
+    enum { N = 10000 };
+    char(*ids)[24] = malloc(N * sizeof(*ids));
+    struct idem_key *keys = malloc(N * sizeof(*keys));
+    enum idem_state *out = malloc(N * sizeof(*out));
+    char errstr[256];
+    int64_t t = now_ms();
+    size_t nkeys = 0;
+    unsigned long long rt;
+
+    assert_non_null(ids);
+    assert_non_null(keys);
+    assert_non_null(out);
+    for (size_t i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "big-%zu", i);
+        keys[i].id = ids[i];
+        keys[i].event_ms = t;
+    }
+    rt = idem_round_trips(a);
+    assert_int_equal(idem_claim(a, keys, N, out, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(out[i], IDEM_CLAIMED);
+    assert_int_equal(idem_mark_done(a, keys, N, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_claim(a, keys, N, out, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(out[i], IDEM_DUPLICATE);
+    assert_int_equal(idem_round_trips(a), rt + 3);
+    /* Every id is stored exactly once across the 16 buckets of the day. */
+    assert_int_equal(check_buckets(&fx->redis, 1, 9 * 86400, &nkeys), N);
+    assert_int_equal(nkeys, 16);
+    free(ids);
+    free(keys);
+    free(out);
+    idem_free(a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_claim_done_duplicate, test_setup),
+        cmocka_unit_test_setup(test_in_flight_other_owner, test_setup),
+        cmocka_unit_test_setup(test_lease_expiry_takeover, test_setup),
+        cmocka_unit_test_setup(test_same_owner_reclaim, test_setup),
+        cmocka_unit_test_setup(test_release_lets_other_claim, test_setup),
+        cmocka_unit_test_setup(test_repeated_id_in_batch, test_setup),
+        cmocka_unit_test_setup(test_bucket_ttl, test_setup),
+        cmocka_unit_test_setup(test_round_trips, test_setup),
+        cmocka_unit_test_setup(test_big_batch, test_setup),
+        cmocka_unit_test(test_password_auth),
+        cmocka_unit_test(test_bad_options),
+        cmocka_unit_test(test_redis_down_reconnect),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
