@@ -328,7 +328,7 @@ static bool ns_valid(const char *ns)
     return true;
 }
 
-/* "<hostname, at most 20 chars>:<pid>:<8 random hex>", at most 40 bytes. */
+/* "<hostname, at most 16 chars>:<pid>:<8 random hex>", at most 40 bytes. */
 static bool owner_generate(char *buf, size_t size)
 {
     char host[256];
@@ -340,8 +340,8 @@ static bool owner_generate(char *buf, size_t size)
     host[20] = '\0';
     if (RAND_bytes(rnd, sizeof(rnd)) != 1)
         return false;
-    snprintf(buf, size, "%s:%ld:%02x%02x%02x%02x", host, (long)getpid(), rnd[0],
-             rnd[1], rnd[2], rnd[3]);
+    snprintf(buf, size, "%.16s:%d:%02x%02x%02x%02x", host, (int)getpid(),
+             rnd[0], rnd[1], rnd[2], rnd[3]);
     return true;
 }
 

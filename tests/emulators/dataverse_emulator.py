@@ -1,0 +1,2093 @@
+#!/usr/bin/env python3
+"""Dataverse Web API emulator for crmsync tests and benchmarks.
+
+Python 3 standard library only.  Emulates the subset of Microsoft Dataverse
+described in /work/shared/reference/dataverse.md: the Entra ID client
+credentials token endpoint, entity-set CRUD with upsert / If-Match /
+If-None-Match semantics, the $filter subset, paging with @odata.nextLink,
+$batch (multipart/mixed, change sets, Content-ID references,
+continue-on-error), service protection (429 + Retry-After) and fault
+injection.  A test/admin API under /_admin exposes records and statistics.
+
+Usage:
+  dataverse_emulator.py --port 0 --port-file FILE [--tenant T]
+      [--client-id ID --client-secret S] [--client ID:SECRET ...]
+      [--token-ttl SECONDS] [--seed seed.json] [--quiet]
+      [--requests-per-window N --window-s S --max-concurrent N
+       --retry-after-s S]
+
+See tests/emulators/README.md for the API and fidelity notes.
+"""
+
+import argparse
+import base64
+import collections
+import json
+import math
+import os
+import random
+import re
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote, unquote_plus
+
+DEFAULT_TENANT = "00000000-0000-0000-0000-0000000000e1"
+DEFAULT_CLIENT_ID = "emulator-client"
+DEFAULT_CLIENT_SECRET = "emulator-secret"
+MAX_PAGE = 5000
+MAX_BATCH_OPS = 1000
+EARLY_GRACE_S = 0.05  # tolerance when judging "sent before Retry-After"
+
+# entity set -> (logical name, primary key)
+ENTITY_SETS = {
+    "campaigns": ("campaign", "campaignid"),
+    "campaignactivities": ("campaignactivity", "activityid"),
+    "campaignresponses": ("campaignresponse", "activityid"),
+    "contacts": ("contact", "contactid"),
+    "leads": ("lead", "leadid"),
+    "accounts": ("account", "accountid"),
+    "lists": ("list", "listid"),
+    "listmembers": ("listmember", "listmemberid"),
+    "msdynmkt_contactpointconsent4s": ("msdynmkt_contactpointconsent4",
+                                       "msdynmkt_contactpointconsent4id"),
+    "msdynmkt_purposes": ("msdynmkt_purpose", "msdynmkt_purposeid"),
+    "msdynmkt_topics": ("msdynmkt_topic", "msdynmkt_topicid"),
+    "tasks": ("task", "activityid"),
+    "phonecalls": ("phonecall", "activityid"),
+}
+LOGICAL_TO_SET = {v[0]: k for k, v in ENTITY_SETS.items()}
+NO_STATE_SETS = ("listmembers",)
+
+# Collection-valued navigation properties readable with GET <set>(id)/<nav>.
+# (set, nav) -> (target set, kind, attribute)
+NAV_COLLECTIONS = {
+    ("accounts", "Account_Tasks"): ("tasks", "lookup", "_regardingobjectid_value"),
+    ("campaigns", "Campaign_CampaignResponses"):
+        ("campaignresponses", "lookup", "_regardingobjectid_value"),
+    ("lists", "listcontact_association"): ("contacts", "member", None),
+    ("lists", "listaccount_association"): ("accounts", "member", None),
+    ("lists", "listlead_association"): ("leads", "member", None),
+}
+
+_rng = range  # shorthand for option sets below
+VALIDATION = {
+    "campaignresponses": {
+        "required": ("subject",),
+        "required_lookups": ("regardingobjectid",),
+        "max_len": {"subject": 200, "firstname": 50, "lastname": 50,
+                    "emailaddress": 100, "companyname": 100, "telephone": 50,
+                    "fax": 50, "promotioncodename": 250, "category": 250,
+                    "subcategory": 250, "description": 2000},
+        "options": {"channeltypecode": tuple(_rng(1, 7)),
+                    "responsecode": tuple(_rng(1, 5)),
+                    "statecode": (0, 1, 2), "statuscode": (1, 2, 3)},
+        "fixed_lookups": ("regardingobjectid",),
+    },
+    "campaignactivities": {
+        "max_len": {"subject": 200},
+        "options": {"channeltypecode": tuple(_rng(1, 10))},
+    },
+    "tasks": {"max_len": {"subject": 200}},
+    "phonecalls": {"max_len": {"subject": 200}},
+    "lists": {
+        "required": ("listname", "createdfromcode"),
+        "max_len": {"listname": 128},
+        "options": {"createdfromcode": (1, 2, 4), "statecode": (0, 1)},
+        "fixed": ("createdfromcode", "type"),
+    },
+    "contacts": {"options": {"statecode": (0, 1), "statuscode": (1, 2)}},
+    "leads": {"options": {"statecode": (0, 1, 2),
+                          "statuscode": tuple(_rng(1, 8))}},
+    "msdynmkt_contactpointconsent4s": {
+        "max_len": {"msdynmkt_contactpointvalue": 400,
+                    "msdynmkt_reason": 500},
+        "options": {
+            "msdynmkt_contactpointtype": tuple(_rng(534120000, 534120004)),
+            "msdynmkt_value": tuple(_rng(534120000, 534120003)),
+            "msdynmkt_contactpointconsenttype": (534120000, 534120001),
+            "msdynmkt_source": tuple(_rng(534120000, 534120008)),
+            "msdynmkt_logicalreason": tuple(_rng(534119999, 534120008)),
+        },
+    },
+}
+
+REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
+           400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed",
+           412: "Precondition Failed", 413: "Payload Too Large",
+           429: "Too Many Requests", 500: "Internal Server Error",
+           501: "Not Implemented", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout"}
+
+GUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+VERSION_RE = re.compile(r"v\d+\.\d+")
+
+JSON_CT = "application/json; odata.metadata=minimal"
+ANNOT_LOOKUP = "@Microsoft.Dynamics.CRM.lookuplogicalname"
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _json_bytes(obj):
+    return _dumps(obj).encode("utf-8")
+
+
+class ApiError(Exception):
+    """An OData error response: status, hex code, message."""
+
+    def __init__(self, status, code, message, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or []
+
+    def body(self):
+        return _json_bytes({"error": {"code": self.code,
+                                      "message": self.message}})
+
+
+def not_found_segment(name):
+    return ApiError(404, "0x8006088a",
+                    "Resource not found for the segment '%s'." % name)
+
+
+def does_not_exist(logical, key):
+    return ApiError(404, "0x80040217",
+                    "%s With Id = %s Does Not Exist" % (logical, key))
+
+
+def duplicate_record():
+    return ApiError(412, "0x80040237",
+                    "A record with matching key values already exists.")
+
+
+def bad_request(message, code="0x80060888"):
+    return ApiError(400, code, message)
+
+
+def validation_error(message):
+    return ApiError(400, "0x80044331", "A validation error occurred.  " + message)
+
+
+_ts_cache = [0, ""]
+
+
+def now_iso():
+    sec = int(time.time())
+    if _ts_cache[0] != sec:
+        _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
+        _ts_cache[0] = sec
+    return _ts_cache[1]
+
+
+# --------------------------------------------------------------------------
+# $filter: tokenizer + recursive-descent parser compiled to closures.
+
+_TOKEN_RE = re.compile(r"""\s*(?:
+  (?P<str>'(?:[^']|'')*')
+ |(?P<unterm>'.*)
+ |(?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\w-]))
+ |(?P<dt>\d{4}-\d{2}-\d{2}(?:T[\d:.]+(?:Z|[+-]\d{2}:\d{2})?)?(?![\w-]))
+ |(?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.]))
+ |(?P<id>[A-Za-z_][\w.]*(?:/[A-Za-z_][\w.]*)*)
+ |(?P<punct>[(),\[\]=])
+ |(?P<bad>\S)
+)""", re.X)
+
+_CMP_OPS = ("eq", "ne", "gt", "ge", "lt", "le")
+
+
+def _norm(v):
+    return v.lower() if isinstance(v, str) else v
+
+
+def _cmp(op, a, b):
+    if isinstance(a, str) and isinstance(b, str):
+        a = a.lower()
+        b = b.lower()
+    if op == "eq":
+        return a == b
+    if op == "ne":
+        return a != b
+    if a is None or b is None:
+        return False
+    try:
+        if op == "gt":
+            return a > b
+        if op == "ge":
+            return a >= b
+        if op == "lt":
+            return a < b
+        return a <= b
+    except TypeError:
+        return False
+
+
+class FilterParser:
+    def __init__(self, text):
+        self.text = text
+        self.toks = []
+        pos = 0
+        n = len(text)
+        while pos < n:
+            m = _TOKEN_RE.match(text, pos)
+            if not m or m.end() == pos:
+                break
+            kind = m.lastgroup
+            val = m.group(kind)
+            start = m.start(kind)
+            if kind == "unterm":
+                raise bad_request("There is an unterminated literal at "
+                                  "position %d in '%s'." % (start, text))
+            if kind == "bad":
+                raise bad_request("Syntax error: character '%s' is not valid "
+                                  "at position %d in '%s'." % (val, start, text))
+            self.toks.append((kind, val, start))
+            pos = m.end()
+            if text[pos:].strip() == "":
+                break
+        self.i = 0
+
+    def error(self, what="Syntax error"):
+        pos = self.toks[self.i][2] if self.i < len(self.toks) else len(self.text)
+        return bad_request("%s at position %d in '%s'." % (what, pos, self.text))
+
+    def peek(self):
+        return self.toks[self.i] if self.i < len(self.toks) else (None, None, 0)
+
+    def take(self, kind=None, val=None):
+        t = self.peek()
+        if t[0] is None or (kind and t[0] != kind) or (val and t[1] != val):
+            raise self.error()
+        self.i += 1
+        return t
+
+    def parse(self):
+        if not self.toks:
+            raise self.error("Expression expected")
+        f = self.p_or()
+        if self.i != len(self.toks):
+            raise self.error()
+        return f
+
+    def p_or(self):
+        left = self.p_and()
+        while self.peek()[:2] == ("id", "or"):
+            self.i += 1
+            right = self.p_and()
+            left = (lambda a, b: lambda r: a(r) or b(r))(left, right)
+        return left
+
+    def p_and(self):
+        left = self.p_unary()
+        while self.peek()[:2] == ("id", "and"):
+            self.i += 1
+            right = self.p_unary()
+            left = (lambda a, b: lambda r: a(r) and b(r))(left, right)
+        return left
+
+    def p_unary(self):
+        if self.peek()[:2] == ("id", "not"):
+            self.i += 1
+            inner = self.p_unary()
+            return lambda r: not inner(r)
+        return self.p_cmp()
+
+    def p_cmp(self):
+        t = self.peek()
+        if t[0] == "punct" and t[1] == "(":
+            self.i += 1
+            inner = self.p_or()
+            self.take("punct", ")")
+            left = inner
+        else:
+            left = self.p_operand()
+        t = self.peek()
+        if t[0] == "id" and t[1] in _CMP_OPS:
+            self.i += 1
+            right = self.p_operand()
+            op = t[1]
+            return lambda r: _cmp(op, left(r), right(r))
+        return lambda r: bool(left(r))
+
+    def p_operand(self):
+        kind, val, _ = self.take()
+        if kind == "str":
+            lit = val[1:-1].replace("''", "'")
+            return lambda r: lit
+        if kind in ("guid", "dt"):
+            return lambda r: val
+        if kind == "num":
+            num = float(val) if any(c in val for c in ".eE") else int(val)
+            return lambda r: num
+        if kind != "id":
+            self.i -= 1
+            raise self.error()
+        if val == "true":
+            return lambda r: True
+        if val == "false":
+            return lambda r: False
+        if val == "null":
+            return lambda r: None
+        if self.peek()[:2] == ("punct", "("):
+            return self.p_func(val)
+        name = val
+        return lambda r: r.get(name)
+
+    def p_func(self, name):
+        self.take("punct", "(")
+        lname = name.lower()
+        if lname in ("contains", "startswith", "endswith"):
+            a = self.p_operand()
+            self.take("punct", ",")
+            b = self.p_operand()
+            self.take("punct", ")")
+
+            def fn(r, a=a, b=b, lname=lname):
+                x, y = a(r), b(r)
+                if not isinstance(x, str) or not isinstance(y, str):
+                    return False
+                x, y = x.lower(), y.lower()
+                if lname == "contains":
+                    return y in x
+                if lname == "startswith":
+                    return x.startswith(y)
+                return x.endswith(y)
+            return fn
+        if lname in ("microsoft.dynamics.crm.in", "microsoft.dynamics.crm.notin"):
+            args = {}
+            while True:
+                k = self.take("id")[1]
+                self.take("punct", "=")
+                if self.peek()[:2] == ("punct", "["):
+                    self.i += 1
+                    vals = []
+                    while self.peek()[:2] != ("punct", "]"):
+                        vals.append(_norm(self.p_operand()(None)))
+                        if self.peek()[:2] == ("punct", ","):
+                            self.i += 1
+                    self.take("punct", "]")
+                    args[k] = set(vals)
+                else:
+                    args[k] = self.p_operand()(None)
+                if self.peek()[:2] == ("punct", ","):
+                    self.i += 1
+                    continue
+                break
+            self.take("punct", ")")
+            prop = args.get("PropertyName")
+            vals = args.get("PropertyValues", set())
+            neg = lname.endswith("notin")
+            return lambda r: (_norm(r.get(prop)) in vals) != neg
+        raise bad_request("Unknown function '%s' in '%s'." % (name, self.text))
+
+
+_filter_cache = {}
+_filter_cache_lock = threading.Lock()
+
+
+def compile_filter(text):
+    with _filter_cache_lock:
+        f = _filter_cache.get(text)
+    if f is None:
+        f = FilterParser(text).parse()
+        with _filter_cache_lock:
+            if len(_filter_cache) > 512:
+                _filter_cache.clear()
+            _filter_cache[text] = f
+    return f
+
+
+def _sort_key(v):
+    if v is None:
+        return (0, 0)
+    if isinstance(v, bool):
+        return (1, int(v))
+    if isinstance(v, (int, float)):
+        return (2, v)
+    return (3, str(v).lower())
+
+
+# --------------------------------------------------------------------------
+# Multipart helpers
+
+def _boundary_of(content_type):
+    i = content_type.find("boundary=")
+    if i < 0:
+        return None
+    b = content_type[i + 9:]
+    if b.startswith('"'):
+        b = b[1:]
+        j = b.find('"')
+        return b[:j] if j >= 0 else b
+    j = b.find(";")
+    return (b[:j] if j >= 0 else b).strip()
+
+
+def _split_multipart(body, boundary):
+    """Split a multipart body into raw parts (headers + content)."""
+    delim = b"\n--" + boundary.encode("latin-1")
+    chunks = (b"\n" + body).split(delim)
+    parts = []
+    closed = False
+    for c in chunks[1:]:
+        if c.startswith(b"--"):
+            closed = True
+            break
+        nl = c.find(b"\n")
+        if nl < 0:
+            continue
+        c = c[nl + 1:]
+        if c.endswith(b"\r"):
+            c = c[:-1]
+        parts.append(c)
+    if not closed:
+        raise bad_request("Invalid multipart batch: missing closing boundary "
+                          "'--%s--'." % boundary)
+    return parts
+
+
+def _split_head(buf):
+    """Split at the first blank line: (header lines, rest)."""
+    i = buf.find(b"\n\n")
+    j = buf.find(b"\n\r\n")
+    if i < 0 and j < 0:
+        return buf, b""
+    if j >= 0 and (i < 0 or j < i):
+        return buf[:j], buf[j + 3:]
+    return buf[:i], buf[i + 2:]
+
+
+def _parse_headers(lines):
+    hdrs = {}
+    for line in lines:
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        k, sep, v = line.partition(":")
+        if sep:
+            hdrs[k.strip().lower()] = v.strip()
+    return hdrs
+
+
+class Op:
+    __slots__ = ("method", "url", "headers", "body", "content_id", "error")
+
+    def __init__(self, method, url, headers, body, content_id):
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.content_id = content_id
+        self.error = None
+
+
+def _parse_op(raw):
+    mime_head, rest = _split_head(raw)
+    mime = _parse_headers(mime_head.decode("latin-1").split("\n"))
+    http_head, body = _split_head(rest)
+    lines = http_head.decode("utf-8").split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if not lines:
+        raise bad_request("Invalid batch part: missing request line.")
+    reqline = lines[0].strip()
+    method, _, rest_line = reqline.partition(" ")
+    url = rest_line
+    k = url.rfind(" HTTP/")
+    if k >= 0:
+        url = url[:k]
+    hdrs = _parse_headers(lines[1:])
+    op = Op(method.upper(), url.strip(), hdrs, None, mime.get("content-id"))
+    body = body.strip()
+    if body:
+        try:
+            op.body = json.loads(body)
+        except ValueError as e:
+            op.error = bad_request("Invalid JSON in request body: %s" % e)
+    return mime, op
+
+
+# --------------------------------------------------------------------------
+# Service state
+
+class Ctx:
+    """Per-operation context."""
+    __slots__ = ("client", "base", "annotations", "undo", "in_batch")
+
+    def __init__(self, client, base, annotations, in_batch):
+        self.client = client
+        self.base = base
+        self.annotations = annotations
+        self.undo = None
+        self.in_batch = in_batch
+
+
+class ClientState:
+    __slots__ = ("window", "inflight", "blocked_until", "last_ra", "requests",
+                 "operations", "batch_requests", "throttled_429",
+                 "early_requests", "faults_served")
+
+    def __init__(self):
+        self.window = collections.deque()
+        self.inflight = 0
+        self.blocked_until = 0.0
+        self.last_ra = 0
+        self.requests = 0
+        self.operations = 0
+        self.batch_requests = 0
+        self.throttled_429 = 0
+        self.early_requests = 0
+        self.faults_served = 0
+
+    def as_dict(self):
+        return {"requests": self.requests, "operations": self.operations,
+                "batch_requests": self.batch_requests,
+                "throttled_429": self.throttled_429,
+                "early_requests": self.early_requests,
+                "faults_served": self.faults_served,
+                "inflight": self.inflight}
+
+
+class Emulator:
+    def __init__(self, tenant, clients, token_ttl, throttle_cfg, quiet):
+        self.tenant = tenant
+        self.clients = dict(clients)
+        self.token_ttl = token_ttl
+        self.quiet = quiet
+        self.port = 0
+        self.base = "http://127.0.0.1"
+        self.lock = threading.RLock()      # store + stats
+        self.tlock = threading.Lock()      # tokens + throttling + faults
+        self.tokens = {}
+        self.default_throttle = dict(throttle_cfg)
+        self.org_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator-org"))
+        self.bu_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator-bu"))
+        self.reset()
+
+    # -- state -------------------------------------------------------------
+    def reset(self):
+        with self.lock, self.tlock:
+            self.store = {name: {} for name in ENTITY_SETS}
+            self.version = 1000
+            self.actions = []
+            self.faults = {}
+            self.script = collections.deque()
+            self.throttle = dict(self.default_throttle)
+            self.cstate = {}
+            self.stats = {"requests": 0, "batch_requests": 0, "operations": 0,
+                          "ops_by_status": {}, "responses_by_status": {},
+                          "tokens_issued": 0}
+            # guarded by tlock (lock order is always lock -> tlock)
+            self.tcount = {"throttled_429": 0, "early_requests": 0,
+                           "faults_served": 0}
+            self.log = collections.deque(maxlen=200)
+
+    def client_state(self, client):
+        st = self.cstate.get(client)
+        if st is None:
+            st = self.cstate[client] = ClientState()
+        return st
+
+    def next_version(self):
+        self.version += 1
+        return self.version
+
+    def log_request(self, client, method, path, status):
+        with self.lock:
+            self.log.append({"t": time.time(), "client": client,
+                             "method": method, "path": path, "status": status})
+            rbs = self.stats["responses_by_status"]
+            k = str(status)
+            rbs[k] = rbs.get(k, 0) + 1
+
+    def stats_snapshot(self):
+        with self.lock, self.tlock:
+            s = json.loads(json.dumps(self.stats))
+            s.update(self.tcount)
+            s["per_client"] = {c: st.as_dict() for c, st in self.cstate.items()}
+            s["request_log_tail"] = list(self.log)
+            s["records"] = {k: len(v) for k, v in self.store.items()}
+            s["actions"] = len(self.actions)
+            return s
+
+    # -- tokens ------------------------------------------------------------
+    def issue_token(self, client_id):
+        tok = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0." + secrets.token_urlsafe(32)
+        with self.tlock:
+            now = time.monotonic()
+            if len(self.tokens) > 10000:
+                self.tokens = {t: v for t, v in self.tokens.items() if v[1] > now}
+            self.tokens[tok] = (client_id, now + self.token_ttl)
+        with self.lock:
+            self.stats["tokens_issued"] += 1
+        return tok
+
+    def check_token(self, tok):
+        """Return (client_id, None) or (None, reason)."""
+        with self.tlock:
+            v = self.tokens.get(tok)
+        if v is None:
+            return None, "invalid"
+        if time.monotonic() >= v[1]:
+            return None, "expired"
+        return v[0], None
+
+    def expire_tokens(self):
+        with self.tlock:
+            n = len(self.tokens)
+            self.tokens = {t: (v[0], 0.0) for t, v in self.tokens.items()}
+        return n
+
+    # -- admission: early requests, scripted faults, throttling -------------
+    def admit(self, client):
+        """Decide before processing.  Returns None (admitted; caller must call
+        release) or a fault dict {status, code, message, retry_after, drop}."""
+        now = time.monotonic()
+        with self.tlock:
+            st = self.client_state(client)
+            st.requests += 1
+            if now < st.blocked_until - EARLY_GRACE_S:
+                # Sent before Retry-After elapsed: count and penalise.
+                st.early_requests += 1
+                ra = min(300, max(1, st.last_ra) * 2)
+                st.last_ra = ra
+                st.blocked_until = now + ra
+                st.throttled_429 += 1
+                self.tcount["early_requests"] += 1
+                self.tcount["throttled_429"] += 1
+                return self._throttle_fault("requests", ra)
+            if self.script:
+                entry = self.script[0]
+                entry["count"] -= 1
+                if entry["count"] <= 0:
+                    self.script.popleft()
+                st.faults_served += 1
+                self.tcount["faults_served"] += 1
+                return self._scripted_fault(entry, st, now)
+            th = self.throttle
+            maxc = th.get("max_concurrent") or 0
+            if maxc and st.inflight >= maxc:
+                ra = int(th.get("retry_after_s") or 1)
+                return self._throttled(st, now, "concurrent", ra)
+            rpw = th.get("requests_per_window") or 0
+            if rpw:
+                win = float(th.get("window_s") or 300)
+                w = st.window
+                while w and w[0] <= now - win:
+                    w.popleft()
+                if len(w) >= rpw:
+                    ra = th.get("retry_after_s")
+                    if not ra:
+                        ra = max(1, int(math.ceil(w[0] + win - now)))
+                    return self._throttled(st, now, "requests", int(ra))
+                w.append(now)
+            rate = float(self.faults.get("error_rate") or 0)
+            if rate and random.random() < rate:
+                st.faults_served += 1
+                self.tcount["faults_served"] += 1
+                status = int(self.faults.get("error_status") or 503)
+                return {"status": status, "code": "",
+                        "message": "Injected fault (error_rate).",
+                        "retry_after": None, "drop": False}
+            st.inflight += 1
+            return None
+
+    def release(self, client):
+        with self.tlock:
+            st = self.client_state(client)
+            st.inflight -= 1
+
+    def _throttled(self, st, now, kind, ra):
+        st.last_ra = ra
+        st.blocked_until = now + ra
+        st.throttled_429 += 1
+        self.tcount["throttled_429"] += 1
+        return self._throttle_fault(kind, ra)
+
+    def _throttle_fault(self, kind, ra):
+        th = self.throttle
+        if kind == "concurrent":
+            code = "0x80072326"
+            msg = ("Number of concurrent requests exceeded the limit of %d."
+                   % int(th.get("max_concurrent") or 52))
+        else:
+            code = "0x80072322"
+            msg = ("Number of requests exceeded the limit of %d over time "
+                   "window of %d seconds."
+                   % (int(th.get("requests_per_window") or 6000),
+                      int(float(th.get("window_s") or 300))))
+        return {"status": 429, "code": code, "message": msg,
+                "retry_after": ra, "drop": False}
+
+    def _scripted_fault(self, entry, st, now):
+        status = int(entry.get("status", 503))
+        ra = entry.get("retry_after")
+        if entry.get("drop"):
+            return {"drop": True, "status": 0}
+        if status == 429:
+            ra = int(ra if ra is not None else 1)
+            st.last_ra = ra
+            st.blocked_until = now + ra
+            st.throttled_429 += 1
+            self.tcount["throttled_429"] += 1
+            f = self._throttle_fault(entry.get("kind", "requests"), ra)
+            if "message" in entry:
+                f["message"] = entry["message"]
+            return f
+        return {"status": status, "code": entry.get("code", ""),
+                "message": entry.get("message",
+                                     "Injected fault (script, status %d)." % status),
+                "retry_after": ra, "drop": False}
+
+    def set_faults(self, cfg):
+        with self.tlock:
+            self.faults.update({k: cfg[k] for k in ("error_rate",
+                                                    "error_status",
+                                                    "latency_ms") if k in cfg})
+            if "throttle" in cfg:
+                self.throttle = dict(cfg["throttle"] or {})
+                for st in self.cstate.values():
+                    st.window.clear()
+            if "script" in cfg:
+                self.script = collections.deque(
+                    dict(e, count=int(e.get("count", 1)))
+                    for e in cfg["script"] or [])
+
+    def clear_faults(self):
+        with self.tlock:
+            self.faults = {}
+            self.script = collections.deque()
+            self.throttle = dict(self.default_throttle)
+            for st in self.cstate.values():
+                st.window.clear()
+                st.blocked_until = 0.0
+
+    def faults_snapshot(self):
+        with self.tlock:
+            return {"faults": dict(self.faults), "throttle": dict(self.throttle),
+                    "script": list(self.script)}
+
+    # -- records -----------------------------------------------------------
+    def seed(self, set_name, records):
+        if set_name not in ENTITY_SETS:
+            raise not_found_segment(set_name)
+        pkname = ENTITY_SETS[set_name][1]
+        ts = now_iso()
+        n = 0
+        with self.lock:
+            table = self.store[set_name]
+            for r in records:
+                rec = {sys.intern(k): v for k, v in r.items()
+                       if not k.endswith("@odata.bind")}
+                key = str(rec.get(pkname) or uuid.uuid4()).lower()
+                rec[pkname] = key
+                rec.setdefault("createdon", ts)
+                rec.setdefault("modifiedon", ts)
+                rec["versionnumber"] = self.next_version()
+                for k, v in r.items():
+                    if k.endswith("@odata.bind") and isinstance(v, str):
+                        tset, tkey = self.parse_entity_ref(v)
+                        attr = lookup_attr(k[:-11], ENTITY_SETS[set_name][0],
+                                           ENTITY_SETS[tset][0])
+                        rec["_%s_value" % attr] = tkey
+                        rec["_%s_value%s" % (attr, ANNOT_LOOKUP)] = ENTITY_SETS[tset][0]
+                table[key] = rec
+                n += 1
+        return n
+
+    def parse_entity_ref(self, ref):
+        """'/contacts(<id>)', 'contacts(<id>)' or an absolute URL ->
+        (set, lower-case id).  Raises ApiError."""
+        s = ref
+        if "://" in s:
+            k = s.find("/api/data/")
+            s = s[k + 10:] if k >= 0 else s.split("://", 1)[1].partition("/")[2]
+            s = s.partition("/")[2] if VERSION_RE.match(s) else s
+        elif s.startswith("/api/data/"):
+            s = s[10:].partition("/")[2]
+        s = s.lstrip("/")
+        p = s.find("(")
+        if p <= 0 or not s.endswith(")"):
+            raise bad_request("Invalid entity reference '%s'." % ref)
+        set_name = s[:p]
+        key = s[p + 1:-1]
+        if set_name not in ENTITY_SETS:
+            raise not_found_segment(set_name)
+        if not GUID_RE.fullmatch(key):
+            raise bad_request("Invalid key '%s' in entity reference '%s'."
+                              % (key, ref))
+        return set_name, key.lower()
+
+    # -- Web API operation dispatch -----------------------------------------
+    def execute(self, method, url, headers, body, ctx):
+        """Run one operation.  Caller holds self.lock.
+        Returns (status, headers, body bytes, (set, key) or None)."""
+        path, _, query = url.partition("?")
+        if "://" in path:
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        version = "v9.2"
+        if path.startswith("/api/data/"):
+            version, _, path = path[10:].partition("/")
+            if not VERSION_RE.fullmatch(version):
+                raise not_found_segment(version)
+        path = path.lstrip("/")
+        segs = path.split("/") if path else []
+        if not segs:
+            raise not_found_segment("")
+        first = segs[0]
+        key = None
+        p = first.find("(")
+        if p > 0 and first.endswith(")"):
+            key = first[p + 1:-1]
+            first = first[:p]
+        if first == "WhoAmI" and key is None and len(segs) == 1:
+            if method != "GET":
+                raise ApiError(405, "", "The requested resource does not "
+                                        "support http method '%s'." % method)
+            return self.whoami(ctx, version)
+        if first == "$batch":
+            raise bad_request("Batch requests cannot be nested.")
+        if first not in ENTITY_SETS:
+            if key is None and len(segs) == 1 and first.startswith("msdynmkt_") \
+                    and method == "POST":
+                return self.action(first, body, ctx)
+            raise not_found_segment(first)
+        if key is not None:
+            kk = key
+            if kk.startswith("{") and kk.endswith("}"):
+                kk = kk[1:-1]
+            if not GUID_RE.fullmatch(kk):
+                raise bad_request("Bad Request - Error in query syntax: "
+                                  "invalid key '%s'." % key)
+            key = kk.lower()
+        params = parse_query(query)
+        if "$skip" in params:
+            raise bad_request("The query parameter $skip is not supported.",
+                              "0x80060888")
+        es = first
+        if key is None:
+            if len(segs) != 1:
+                raise not_found_segment(segs[1])
+            if method == "GET":
+                return self.query(es, None, params, headers, ctx, version, es)
+            if method == "POST":
+                return self.create(es, body, params, headers, ctx, version)
+            raise ApiError(405, "0x80060888", "The requested resource does not "
+                                              "support http method '%s'." % method)
+        if len(segs) == 1:
+            if method == "GET":
+                return self.retrieve(es, key, params, headers, ctx, version)
+            if method == "PATCH":
+                return self.upsert(es, key, body, params, headers, ctx, version)
+            if method == "DELETE":
+                return self.delete(es, key, headers, ctx)
+            raise ApiError(405, "0x80060888", "The requested resource does not "
+                                              "support http method '%s'." % method)
+        return self.sub_resource(es, key, segs[1:], method, body, params,
+                                 headers, ctx, version)
+
+    def entity_url(self, ctx, version, es, key):
+        return "%s/api/data/%s/%s(%s)" % (ctx.base, version, es, key)
+
+    def whoami(self, ctx, version):
+        uid = str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + str(ctx.client)))
+        body = {"@odata.context": "%s/api/data/%s/$metadata#Microsoft.Dynamics."
+                                  "CRM.WhoAmIResponse" % (ctx.base, version),
+                "BusinessUnitId": self.bu_id, "UserId": uid,
+                "OrganizationId": self.org_id}
+        return 200, [("Content-Type", JSON_CT)], _json_bytes(body), None
+
+    def action(self, name, body, ctx):
+        if body is not None and not isinstance(body, dict):
+            raise bad_request("Action parameters must be a JSON object.")
+        entry = {"t": time.time(), "client": ctx.client, "action": name,
+                 "parameters": body or {}}
+        self.actions.append(entry)
+        if ctx.undo is not None:
+            ctx.undo.append(("action", entry))
+        return 204, [], b"", None
+
+    # -- writes --------------------------------------------------------------
+    def _write(self, es, key, new, old, ctx):
+        table = self.store[es]
+        if ctx.undo is not None:
+            ctx.undo.append((es, key, old))
+        table[key] = new
+
+    def rollback(self, undo):
+        for item in reversed(undo):
+            if item[0] == "action":
+                try:
+                    self.actions.remove(item[1])
+                except ValueError:
+                    pass
+                continue
+            es, key, old = item
+            if old is None:
+                self.store[es].pop(key, None)
+            else:
+                self.store[es][key] = old
+
+    def apply_body(self, es, rec, body, creating, ctx):
+        """Copy the JSON body into rec (a fresh dict).  Returns changed keys."""
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.")
+        logical = ENTITY_SETS[es][0]
+        changed = []
+        for k, v in body.items():
+            if "@" in k:
+                if k.endswith("@odata.bind"):
+                    nav = k[:-11]
+                    if isinstance(v, list):
+                        raise bad_request("Collection-valued @odata.bind on "
+                                          "'%s' is not supported by the "
+                                          "emulator." % nav)
+                    if v is None:
+                        attr = lookup_attr(nav, logical, None)
+                        rec["_%s_value" % attr] = None
+                        rec.pop("_%s_value%s" % (attr, ANNOT_LOOKUP), None)
+                        changed.append(attr)
+                        continue
+                    if not isinstance(v, str):
+                        raise bad_request("Invalid @odata.bind value for '%s'."
+                                          % nav)
+                    tset, tkey = self.parse_entity_ref(v)
+                    tlogical = ENTITY_SETS[tset][0]
+                    if tkey not in self.store[tset]:
+                        raise does_not_exist(tlogical, tkey)
+                    attr = lookup_attr(nav, logical, tlogical)
+                    rec[sys.intern("_%s_value" % attr)] = tkey
+                    rec[sys.intern("_%s_value%s" % (attr, ANNOT_LOOKUP))] = tlogical
+                    changed.append(attr)
+                # other annotations (@odata.type ...) are ignored
+                continue
+            if isinstance(v, list) and k.endswith("_activity_parties"):
+                rec[sys.intern(k)] = self.parties(v)
+                changed.append(k)
+                continue
+            rec[sys.intern(k)] = v
+            changed.append(k)
+        return changed
+
+    def parties(self, items):
+        out = []
+        for it in items:
+            if not isinstance(it, dict):
+                raise bad_request("Activity parties must be JSON objects.")
+            p = {"activitypartyid": str(uuid.uuid4())}
+            for k, v in it.items():
+                if k.endswith("@odata.bind"):
+                    tset, tkey = self.parse_entity_ref(v)
+                    tlogical = ENTITY_SETS[tset][0]
+                    if tkey not in self.store[tset]:
+                        raise does_not_exist(tlogical, tkey)
+                    attr = lookup_attr(k[:-11], "activityparty", tlogical)
+                    p["_%s_value" % attr] = tkey
+                    p["_%s_value%s" % (attr, ANNOT_LOOKUP)] = tlogical
+                elif "@" not in k:
+                    p[k] = v
+            out.append(p)
+        return out
+
+    def validate(self, es, new, old, changed):
+        rules = VALIDATION.get(es)
+        if not rules:
+            return
+        logical = ENTITY_SETS[es][0]
+        creating = old is None
+        ch = set(changed)
+        for attr, maxlen in rules.get("max_len", {}).items():
+            if attr in ch:
+                v = new.get(attr)
+                if isinstance(v, str) and len(v) > maxlen:
+                    raise validation_error(
+                        "The length of the '%s' attribute of the '%s' entity "
+                        "exceeded the maximum allowed length of '%d'."
+                        % (attr, logical, maxlen))
+        for attr, allowed in rules.get("options", {}).items():
+            if attr in ch:
+                v = new.get(attr)
+                if v is not None and (isinstance(v, bool) or v not in allowed):
+                    raise ApiError(
+                        400, "0x8004431a",
+                        "A validation error occurred. The value %s of '%s' on "
+                        "record of type '%s' is outside the valid range. "
+                        "Accepted Values: %s" % (json.dumps(v), attr, logical,
+                                                 ",".join(map(str, allowed))))
+        for attr in rules.get("required", ()):
+            if (creating or attr in ch) and new.get(attr) in (None, ""):
+                raise validation_error(
+                    "The '%s' attribute of the '%s' entity is required and "
+                    "cannot be empty." % (attr, logical))
+        if creating:
+            for attr in rules.get("required_lookups", ()):
+                if not new.get("_%s_value" % attr):
+                    raise validation_error(
+                        "The '%s' attribute of the '%s' entity is required "
+                        "and cannot be empty." % (attr, logical))
+        else:
+            for attr in rules.get("fixed_lookups", ()):
+                lk = "_%s_value" % attr
+                if attr in ch and new.get(lk) != old.get(lk):
+                    raise validation_error(
+                        "The '%s' attribute of the '%s' entity is not valid "
+                        "for update." % (attr, logical))
+            for attr in rules.get("fixed", ()):
+                if attr in ch and new.get(attr) != old.get(attr):
+                    raise validation_error(
+                        "The '%s' attribute of the '%s' entity is not valid "
+                        "for update." % (attr, logical))
+
+    def _stamp(self, es, rec, creating):
+        ts = now_iso()
+        if creating:
+            rec["createdon"] = ts
+            if es not in NO_STATE_SETS:
+                rec.setdefault("statecode", 0)
+                rec.setdefault("statuscode", 1)
+        rec["modifiedon"] = ts
+        rec["versionnumber"] = self.next_version()
+
+    def create(self, es, body, params, headers, ctx, version):
+        logical, pkname = ENTITY_SETS[es]
+        table = self.store[es]
+        if body is None:
+            raise bad_request("The request body is empty.")
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.")
+        key = body.get(pkname)
+        if key is not None:
+            if not isinstance(key, str) or not GUID_RE.fullmatch(key.strip("{}")):
+                raise bad_request("Invalid value for '%s'." % pkname)
+            key = key.strip("{}").lower()
+            if key in table:
+                raise duplicate_record()
+        else:
+            key = str(uuid.uuid4())
+        rec = {}
+        changed = self.apply_body(es, rec, body, True, ctx)
+        rec[pkname] = key
+        self.validate(es, rec, None, changed)
+        self._stamp(es, rec, True)
+        self._write(es, key, rec, None, ctx)
+        return self._write_response(es, key, rec, True, headers, params, ctx,
+                                    version, created_status=201)
+
+    def _write_response(self, es, key, rec, created, headers, params, ctx,
+                        version, created_status):
+        if "return=representation" in headers.get("prefer", ""):
+            sel = parse_select(params)
+            out = self.render(es, rec, sel, parse_expand(params), ctx)
+            out = dict([("@odata.context", "%s/api/data/%s/$metadata#%s/$entity"
+                         % (ctx.base, version, es))] + list(out.items()))
+            hdrs = [("Content-Type", JSON_CT),
+                    ("ETag", 'W/"%d"' % rec["versionnumber"])]
+            if ctx.annotations:
+                hdrs.append(("Preference-Applied", "return=representation"))
+            return (created_status if created else 200), hdrs, \
+                _json_bytes(out), (es, key)
+        return 204, [("OData-EntityId", self.entity_url(ctx, version, es, key))], \
+            b"", (es, key)
+
+    def upsert(self, es, key, body, params, headers, ctx, version):
+        logical, pkname = ENTITY_SETS[es]
+        table = self.store[es]
+        old = table.get(key)
+        if_match = headers.get("if-match")
+        if_none = headers.get("if-none-match")
+        if if_none == "null":
+            if_none = None
+        if if_none is not None:
+            if if_none != "*":
+                raise bad_request("If-None-Match on PATCH supports only '*'.")
+            if old is not None:
+                raise duplicate_record()
+        if if_match is not None:
+            if old is None:
+                raise does_not_exist(logical, key)
+            if if_match != "*" and if_match != 'W/"%d"' % old["versionnumber"]:
+                raise ApiError(412, "0x80060882",
+                               "The version of the existing record doesn't "
+                               "match the RowVersion property provided.")
+        if body is None:
+            raise bad_request("The request body is empty.")
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.")
+        new = dict(old) if old is not None else {}
+        changed = self.apply_body(es, new, body, old is None, ctx)
+        new[pkname] = key
+        self.validate(es, new, old, changed)
+        self._stamp(es, new, old is None)
+        self._write(es, key, new, old, ctx)
+        return self._write_response(es, key, new, old is None, headers, params,
+                                    ctx, version, created_status=201)
+
+    def delete(self, es, key, headers, ctx):
+        logical = ENTITY_SETS[es][0]
+        old = self.store[es].get(key)
+        if old is None:
+            raise does_not_exist(logical, key)
+        im = headers.get("if-match")
+        if im and im != "*" and im != 'W/"%d"' % old["versionnumber"]:
+            raise ApiError(412, "0x80060882",
+                           "The version of the existing record doesn't match "
+                           "the RowVersion property provided.")
+        if ctx.undo is not None:
+            ctx.undo.append((es, key, old))
+        del self.store[es][key]
+        if es in ("contacts", "accounts", "leads", "lists"):
+            # cascade: drop list memberships of a deleted member or list
+            lm = self.store["listmembers"]
+            for mk in [k for k, m in lm.items()
+                       if key in (m.get("_entityid_value"), m.get("entityid"),
+                                  m.get("_listid_value"), m.get("listid"))]:
+                if ctx.undo is not None:
+                    ctx.undo.append(("listmembers", mk, lm[mk]))
+                del lm[mk]
+        return 204, [], b"", None
+
+    def sub_resource(self, es, key, rest, method, body, params, headers, ctx,
+                     version):
+        logical, pkname = ENTITY_SETS[es]
+        rec = self.store[es].get(key)
+        nav = rest[0]
+        if (es, nav) in NAV_COLLECTIONS:
+            if rec is None:
+                raise does_not_exist(logical, key)
+            tset, kind, attr = NAV_COLLECTIONS[(es, nav)]
+            if len(rest) == 1 and method == "GET":
+                if kind == "lookup":
+                    cands = [r for r in self.store[tset].values()
+                             if r.get(attr) == key]
+                else:
+                    ids = self.member_ids(key)
+                    tab = self.store[tset]
+                    cands = [tab[i] for i in ids if i in tab]
+                return self.query(tset, cands, params, headers, ctx, version,
+                                  "%s(%s)/%s" % (es, key, nav))
+            if kind == "member" and rest[-1] == "$ref":
+                return self.member_ref(es, key, tset, rest, method, body, ctx)
+            raise ApiError(405, "0x80060888", "Method %s is not supported on "
+                                              "'%s'." % (method, nav))
+        if rec is None:
+            raise does_not_exist(logical, key)
+        if len(rest) == 2 and rest[1] == "$ref":
+            # single-valued navigation property reference
+            attr = lookup_attr(nav, logical, None)
+            new = dict(rec)
+            if method == "PUT":
+                if not isinstance(body, dict) or "@odata.id" not in body:
+                    raise bad_request("Expected {\"@odata.id\": ...}.")
+                tset, tkey = self.parse_entity_ref(body["@odata.id"])
+                if tkey not in self.store[tset]:
+                    raise does_not_exist(ENTITY_SETS[tset][0], tkey)
+                attr = lookup_attr(nav, logical, ENTITY_SETS[tset][0])
+                new["_%s_value" % attr] = tkey
+                new["_%s_value%s" % (attr, ANNOT_LOOKUP)] = ENTITY_SETS[tset][0]
+            elif method == "DELETE":
+                new["_%s_value" % attr] = None
+                new.pop("_%s_value%s" % (attr, ANNOT_LOOKUP), None)
+            else:
+                raise ApiError(405, "0x80060888", "Method %s is not supported "
+                                                  "on $ref." % method)
+            self.validate(es, new, rec, [attr])
+            self._stamp(es, new, False)
+            self._write(es, key, new, rec, ctx)
+            return 204, [], b"", (es, key)
+        if len(rest) == 1:
+            prop = nav
+            if method == "GET":
+                if prop not in rec:
+                    raise bad_request("Could not find a property named '%s' on "
+                                      "type 'Microsoft.Dynamics.CRM.%s'."
+                                      % (prop, logical))
+                v = rec.get(prop)
+                if v is None:
+                    return 204, [], b"", None
+                return 200, [("Content-Type", JSON_CT)], _json_bytes(
+                    {"@odata.context": "%s/api/data/%s/$metadata#%s(%s)/%s"
+                     % (ctx.base, version, es, key, prop), "value": v}), None
+            if method in ("PUT", "DELETE"):
+                if prop == pkname:
+                    raise bad_request("The primary key cannot be updated.")
+                new = dict(rec)
+                if method == "PUT":
+                    if not isinstance(body, dict) or "value" not in body:
+                        raise bad_request("Expected {\"value\": ...}.")
+                    new[sys.intern(prop)] = body["value"]
+                else:
+                    new[prop] = None
+                self.validate(es, new, rec, [prop])
+                self._stamp(es, new, False)
+                self._write(es, key, new, rec, ctx)
+                return 204, [], b"", (es, key)
+        raise not_found_segment(rest[-1])
+
+    def member_ids(self, list_id):
+        out = []
+        for m in self.store["listmembers"].values():
+            if m.get("_listid_value", m.get("listid")) == list_id:
+                eid = m.get("_entityid_value", m.get("entityid"))
+                if eid:
+                    out.append(eid)
+        return out
+
+    def member_ref(self, es, key, tset, rest, method, body, ctx):
+        lm = self.store["listmembers"]
+        if method == "POST" and len(rest) == 2:
+            if not isinstance(body, dict) or "@odata.id" not in body:
+                raise bad_request("Expected {\"@odata.id\": ...}.")
+            rset, rkey = self.parse_entity_ref(body["@odata.id"])
+            if rset != tset:
+                raise bad_request("Reference must point to %s." % tset)
+            if rkey not in self.store[rset]:
+                raise does_not_exist(ENTITY_SETS[rset][0], rkey)
+            if rkey in self.member_ids(key):
+                return 204, [], b"", None
+            mid = str(uuid.uuid4())
+            rec = {"listmemberid": mid, "_listid_value": key,
+                   "_listid_value" + ANNOT_LOOKUP: "list",
+                   "_entityid_value": rkey,
+                   "_entityid_value" + ANNOT_LOOKUP: ENTITY_SETS[rset][0]}
+            self._stamp("listmembers", rec, True)
+            self._write("listmembers", mid, rec, None, ctx)
+            return 204, [], b"", None
+        if method == "DELETE":
+            # lists(<id>)/listcontact_association(<cid>)/$ref or ?$id=
+            seg = rest[0]
+            target = None
+            p = seg.find("(")
+            if p > 0:
+                target = seg[p + 1:-1].lower()
+            if target is None:
+                raise bad_request("Missing member key.")
+            for mk, m in list(lm.items()):
+                if m.get("_listid_value", m.get("listid")) == key and \
+                        m.get("_entityid_value", m.get("entityid")) == target:
+                    if ctx.undo is not None:
+                        ctx.undo.append(("listmembers", mk, m))
+                    del lm[mk]
+                    return 204, [], b"", None
+            raise does_not_exist("listmember", target)
+        raise ApiError(405, "0x80060888", "Method not supported.")
+
+    # -- reads ---------------------------------------------------------------
+    def render(self, es, rec, select, expand, ctx):
+        out = {"@odata.etag": 'W/"%d"' % rec["versionnumber"]}
+        annotations = ctx.annotations
+        if select:
+            pk = ENTITY_SETS[es][1]
+            for f in select:
+                out[f] = rec.get(f)
+                if annotations and (f + ANNOT_LOOKUP) in rec:
+                    out[f + ANNOT_LOOKUP] = rec[f + ANNOT_LOOKUP]
+            out[pk] = rec[pk]
+        else:
+            for k, v in rec.items():
+                if "@" in k:
+                    if annotations:
+                        out[k] = v
+                    continue
+                if k.endswith("_activity_parties"):
+                    continue
+                out[k] = v
+        for nav in expand:
+            v = rec.get(nav)
+            if isinstance(v, list) or nav.endswith("_activity_parties"):
+                out[nav] = [{k: x for k, x in p.items()
+                             if annotations or "@" not in k} for p in (v or [])]
+        return out
+
+    def retrieve(self, es, key, params, headers, ctx, version):
+        logical = ENTITY_SETS[es][0]
+        rec = self.store[es].get(key)
+        if rec is None:
+            raise does_not_exist(logical, key)
+        etag = 'W/"%d"' % rec["versionnumber"]
+        inm = headers.get("if-none-match")
+        if inm and inm != "null" and inm == etag and not ctx.annotations:
+            return 304, [("ETag", etag)], b"", None
+        sel = parse_select(params)
+        out = self.render(es, rec, sel, parse_expand(params), ctx)
+        ctxurl = "%s/api/data/%s/$metadata#%s%s/$entity" % (
+            ctx.base, version, es, "(%s)" % ",".join(sel) if sel else "")
+        out = dict([("@odata.context", ctxurl)] + list(out.items()))
+        return 200, [("Content-Type", JSON_CT), ("ETag", etag)], \
+            _json_bytes(out), None
+
+    def query(self, es, candidates, params, headers, ctx, version, path):
+        pkname = ENTITY_SETS[es][1]
+        if candidates is None:
+            candidates = self.store[es].values()
+        ftext = params.get("$filter")
+        if ftext:
+            f = compile_filter(ftext)
+            rows = [r for r in candidates if f(r)]
+        else:
+            rows = list(candidates)
+        prefer = headers.get("prefer", "")
+        maxpage = None
+        if "odata.maxpagesize" in prefer:
+            m = re.search(r"odata\.maxpagesize\s*=\s*(\d+)", prefer)
+            if m:
+                maxpage = max(1, min(MAX_PAGE, int(m.group(1))))
+        total = len(rows)
+        orderby = params.get("$orderby")
+        token = params.get("$skiptoken")
+        last = None
+        offset = 0
+        pageno = 1
+        if token:
+            last, offset, pageno = parse_skiptoken(token)
+        if orderby:
+            parts = orderby.strip().split()
+            field = parts[0]
+            desc = len(parts) > 1 and parts[1].lower() == "desc"
+            rows.sort(key=lambda r: r[pkname])
+            rows.sort(key=lambda r: _sort_key(r.get(field)), reverse=desc)
+            rows = rows[offset:]
+        else:
+            rows.sort(key=lambda r: r[pkname])
+            if last is not None:
+                lo, hi = 0, len(rows)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if rows[mid][pkname] <= last:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                rows = rows[lo:]
+        top = params.get("$top")
+        limit = maxpage or MAX_PAGE
+        capped_by_top = False
+        if top is not None and maxpage is None:
+            try:
+                t = int(top)
+            except ValueError:
+                raise bad_request("Invalid $top value '%s'." % top)
+            if t <= MAX_PAGE:
+                limit = t
+                capped_by_top = True
+        page = rows[:limit]
+        more = len(rows) > limit and not capped_by_top
+        sel = parse_select(params)
+        exp = parse_expand(params)
+        out = collections.OrderedDict()
+        out["@odata.context"] = "%s/api/data/%s/$metadata#%s%s" % (
+            ctx.base, version, es, "(%s)" % ",".join(sel) if sel else "")
+        if params.get("$count", "").lower() == "true":
+            out["@odata.count"] = min(total, MAX_PAGE)
+            if total > MAX_PAGE:
+                out["@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"] = True
+        out["value"] = [self.render(es, r, sel, exp, ctx) for r in page]
+        if more:
+            cookie = make_skiptoken(page[-1][pkname], offset + len(page),
+                                    pageno + 1, pkname)
+            raw = [p for p in params.raw if not p.startswith("$skiptoken=")]
+            raw.append("$skiptoken=" + quote(cookie, safe=""))
+            out["@odata.nextLink"] = "%s/api/data/%s/%s?%s" % (
+                ctx.base, version, path, "&".join(raw))
+        hdrs = [("Content-Type", JSON_CT)]
+        applied = []
+        if maxpage is not None:
+            applied.append("odata.maxpagesize=%d" % maxpage)
+        if ctx.annotations:
+            applied.append('odata.include-annotations="*"')
+        if applied:
+            hdrs.append(("Preference-Applied", ",".join(applied)))
+        return 200, hdrs, _json_bytes(out), None
+
+    # -- $batch --------------------------------------------------------------
+    def batch(self, content_type, body, prefer, ctx):
+        """Returns (status, reason, headers, body)."""
+        boundary = _boundary_of(content_type or "")
+        if not content_type or not content_type.startswith("multipart/mixed") \
+                or not boundary:
+            raise bad_request("The batch request must have a multipart/mixed "
+                              "Content-Type with a boundary.")
+        items = []  # ("op", Op) | ("cs", [Op])
+        nops = 0
+        for raw in _split_multipart(body, boundary):
+            mime_head, rest = _split_head(raw)
+            mime = _parse_headers(mime_head.decode("latin-1").split("\n"))
+            ct = mime.get("content-type", "")
+            if ct.startswith("multipart/mixed"):
+                csb = _boundary_of(ct)
+                if not csb:
+                    raise bad_request("Change set without boundary.")
+                ops = []
+                for craw in _split_multipart(rest, csb):
+                    cmime, op = _parse_op(craw)
+                    if cmime.get("content-type", "").startswith("multipart/"):
+                        raise bad_request("Change sets cannot be nested.")
+                    if op.method == "GET":
+                        raise bad_request("GET requests are not allowed inside "
+                                          "a change set.")
+                    ops.append(op)
+                nops += len(ops)
+                items.append(("cs", ops))
+            else:
+                _, op = _parse_op(raw)
+                nops += 1
+                items.append(("op", op))
+        if nops > MAX_BATCH_OPS:
+            raise bad_request("The current change set contains too many "
+                              "operations. A maximum number of '%d' operations "
+                              "are allowed in a change set." % MAX_BATCH_OPS, "")
+        # Content-ID references must point backwards within their change set.
+        for kind, val in items:
+            if kind == "op":
+                ops_scope = [val]
+            else:
+                ops_scope = val
+            defined = set()
+            for op in ops_scope:
+                for ref in _refs_of(op):
+                    if kind == "op" or ref not in defined:
+                        raise bad_request("Content-ID Reference: '$%s' does not "
+                                          "exist in the batch context." % ref, "")
+                if op.content_id:
+                    defined.add(op.content_id)
+        cont = "odata.continue-on-error" in (prefer or "")
+        rb = "batchresponse_" + str(uuid.uuid4())
+        out = []
+        status = 200
+        nstat = {}
+        with self.lock:
+            for kind, val in items:
+                if kind == "op":
+                    st, part = self._batch_part(val, ctx, None)
+                    nstat[st] = nstat.get(st, 0) + 1
+                    out.append(b"--%s\r\n" % rb.encode())
+                    out.append(part)
+                    if st >= 400 and not cont:
+                        status = 400
+                        break
+                    continue
+                cmap = {}
+                ctx.undo = []
+                parts = []
+                failed = None
+                for op in val:
+                    st, part = self._batch_part(op, ctx, cmap)
+                    nstat[st] = nstat.get(st, 0) + 1
+                    if st >= 400:
+                        failed = part
+                        break
+                    parts.append(part)
+                undo = ctx.undo
+                ctx.undo = None
+                if failed is not None:
+                    self.rollback(undo)
+                    out.append(b"--%s\r\n" % rb.encode())
+                    out.append(failed)
+                    if not cont:
+                        status = 400
+                        break
+                    continue
+                csb = "changesetresponse_" + str(uuid.uuid4())
+                out.append(b"--%s\r\nContent-Type: multipart/mixed; boundary=%s"
+                           b"\r\n\r\n" % (rb.encode(), csb.encode()))
+                for part in parts:
+                    out.append(b"--%s\r\n" % csb.encode())
+                    out.append(part)
+                out.append(b"--%s--\r\n" % csb.encode())
+            out.append(b"--%s--\r\n" % rb.encode())
+            self.stats["operations"] += sum(nstat.values())
+            obs = self.stats["ops_by_status"]
+            for k, v in nstat.items():
+                obs[str(k)] = obs.get(str(k), 0) + v
+        with self.tlock:
+            self.client_state(ctx.client).operations += sum(nstat.values())
+        hdrs = [("OData-Version", "4.0"),
+                ("Content-Type", "multipart/mixed; boundary=%s" % rb)]
+        if cont:
+            hdrs.append(("Preference-Applied", "odata.continue-on-error"))
+        return status, ("OK" if status == 200 else "BadRequest"), hdrs, b"".join(out)
+
+    def _batch_part(self, op, ctx, cmap):
+        """Execute one batch operation; returns (status, encoded part)."""
+        ent = None
+        try:
+            if op.error is not None:
+                raise op.error
+            url = op.url
+            body = op.body
+            if cmap is not None:
+                if url.startswith("$"):
+                    ref, _, tail = url[1:].partition("/")
+                    es, key = cmap[ref]
+                    url = "/api/data/v9.2/%s(%s)%s" % (es, key,
+                                                       "/" + tail if tail else "")
+                if isinstance(body, dict):
+                    body = _subst_refs(body, cmap)
+            if not url.startswith("/") and "://" not in url:
+                url = "/api/data/v9.2/" + url
+            ctx.annotations = 'include-annotations' in op.headers.get("prefer", "")
+            st, hdrs, rbody, ent = self.execute(op.method, url, op.headers,
+                                                body, ctx)
+        except ApiError as e:
+            st, hdrs, rbody = e.status, [("Content-Type", JSON_CT)] + e.headers, \
+                e.body()
+            hdrs.insert(0, ("REQ_ID", str(uuid.uuid4())))
+        except Exception as e:  # emulator bug: fail the op, keep atomicity
+            import traceback
+            traceback.print_exc()
+            st, hdrs, rbody = 500, [("REQ_ID", str(uuid.uuid4())),
+                                    ("Content-Type", JSON_CT)], _json_bytes(
+                {"error": {"code": "0x80040216",
+                           "message": "Emulator error: %r" % (e,)}})
+        if cmap is not None and op.content_id and ent is not None:
+            cmap[op.content_id] = ent
+        lines = ["Content-Type: application/http",
+                 "Content-Transfer-Encoding: binary"]
+        if op.content_id:
+            lines.append("Content-ID: %s" % op.content_id)
+        lines.append("")
+        lines.append("HTTP/1.1 %d %s" % (st, REASONS.get(st, "")))
+        # Header order as in the documented responses: REQ_ID, Content-Type,
+        # OData-Version, Location, OData-EntityId, then the rest.
+        hd = dict(hdrs)
+        if "REQ_ID" in hd:
+            lines.append("REQ_ID: %s" % hd["REQ_ID"])
+        ct = hd.get("Content-Type")
+        if ct:
+            if st == 200 and "streaming" not in ct:
+                ct += "; odata.streaming=true"
+            lines.append("Content-Type: %s" % ct)
+        lines.append("OData-Version: 4.0")
+        eid = hd.get("OData-EntityId")
+        if eid:
+            lines.append("Location: %s" % eid)
+            lines.append("OData-EntityId: %s" % eid)
+        for k, v in hdrs:
+            if k not in ("REQ_ID", "Content-Type", "OData-EntityId",
+                         "OData-Version"):
+                lines.append("%s: %s" % (k, v))
+        head = "\r\n".join(lines).encode("utf-8")
+        return st, head + b"\r\n\r\n" + rbody + b"\r\n"
+
+
+def _refs_of(op):
+    refs = []
+    if op.url.startswith("$"):
+        refs.append(op.url[1:].partition("/")[0])
+    b = op.body
+    if isinstance(b, dict):
+        for k, v in b.items():
+            if isinstance(v, str) and v.startswith("$") and \
+                    (k.endswith("@odata.bind") or k == "@odata.id"):
+                refs.append(v[1:])
+    return refs
+
+
+def _subst_refs(body, cmap):
+    out = None
+    for k, v in body.items():
+        if isinstance(v, str) and v.startswith("$") and \
+                (k.endswith("@odata.bind") or k == "@odata.id"):
+            es, key = cmap[v[1:]]
+            if out is None:
+                out = dict(body)
+            out[k] = "/%s(%s)" % (es, key)
+    return out if out is not None else body
+
+
+def lookup_attr(nav, logical, target_logical):
+    """Navigation property name -> lookup attribute name:
+    regardingobjectid_campaign_campaignresponse -> regardingobjectid,
+    msdynmkt_purposeId -> msdynmkt_purposeid, partyid_contact -> partyid."""
+    a = nav.lower()
+    suf = "_" + logical
+    if a.endswith(suf) and len(a) > len(suf):
+        a = a[:-len(suf)]
+    if target_logical:
+        suf = "_" + target_logical
+        if a.endswith(suf) and len(a) > len(suf):
+            a = a[:-len(suf)]
+    return a
+
+
+class Query(dict):
+    """Decoded query options plus the raw (still encoded) parts."""
+    raw = ()
+
+
+def parse_query(q):
+    params = Query()
+    params.raw = []
+    if not q:
+        return params
+    for part in q.split("&"):
+        if not part:
+            continue
+        params.raw.append(part)
+        k, _, v = part.partition("=")
+        # ASP.NET decodes '+' as a space (hence '%2B' in filter values).
+        params[unquote_plus(k)] = unquote_plus(v)
+    return params
+
+
+def parse_select(params):
+    s = params.get("$select")
+    if not s:
+        return None
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def parse_expand(params):
+    s = params.get("$expand")
+    if not s:
+        return ()
+    return [x.strip().split("(")[0] for x in s.split(",") if x.strip()]
+
+
+def make_skiptoken(last_key, offset, pageno, pkname):
+    inner = '<cookie page="%d" offset="%d"><%s last="{%s}" first="{%s}" />' \
+            '</cookie>' % (pageno - 1, offset, pkname, last_key.upper(),
+                           last_key.upper())
+    return '<cookie pagenumber="%d" pagingcookie="%s" istracking="False" />' % (
+        pageno, quote(quote(inner, safe=""), safe=""))
+
+
+_COOKIE_RE = re.compile(r'pagenumber="(\d+)"\s+pagingcookie="([^"]*)"')
+_INNER_RE = re.compile(r'offset="(\d+)"><\w+ last="\{([0-9A-Fa-f-]+)\}"')
+
+
+def parse_skiptoken(token):
+    m = _COOKIE_RE.search(token)
+    if not m:
+        raise bad_request("Invalid $skiptoken.")
+    inner = unquote(unquote(m.group(2)))
+    m2 = _INNER_RE.search(inner)
+    if not m2:
+        raise bad_request("Invalid $skiptoken paging cookie.")
+    return m2.group(2).lower(), int(m2.group(1)), int(m.group(1))
+
+
+# --------------------------------------------------------------------------
+# HTTP layer
+
+def _entra_error(status, error, code, description):
+    now = time.gmtime()
+    body = {"error": error,
+            "error_description": "AADSTS%d: %s\r\nTrace ID: %s\r\nCorrelation "
+                                 "ID: %s\r\nTimestamp: %s" % (
+                                     code, description, uuid.uuid4(),
+                                     uuid.uuid4(),
+                                     time.strftime("%Y-%m-%d %H:%M:%SZ", now)),
+            "error_codes": [code],
+            "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", now),
+            "trace_id": str(uuid.uuid4()),
+            "correlation_id": str(uuid.uuid4())}
+    return status, [("Content-Type", "application/json; charset=utf-8")], \
+        _json_bytes(body)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "DataverseEmulator/1.0"
+    emu = None  # set by main()
+
+    def setup(self):
+        super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def log_message(self, fmt, *args):
+        if not self.emu.quiet:
+            sys.stderr.write("dataverse-emulator: %s - %s\n" % (
+                self.address_string(), fmt % args))
+
+    def do_GET(self):
+        self.dispatch()
+
+    do_POST = do_PATCH = do_PUT = do_DELETE = do_GET
+
+    def read_body(self):
+        te = self.headers.get("Transfer-Encoding", "")
+        if "chunked" in te.lower():
+            chunks = []
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(chunks)
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def send(self, status, headers, body, reason=None):
+        out = ["HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, ""))]
+        for k, v in headers:
+            out.append("%s: %s" % (k, v))
+        out.append("Content-Length: %d" % len(body))
+        if self.close_connection:
+            out.append("Connection: close")
+        out.append("")
+        out.append("")
+        self.wfile.write("\r\n".join(out).encode("utf-8") + body)
+        if not self.emu.quiet:
+            self.log_request(status, len(body))
+
+    def send_json(self, status, obj, headers=()):
+        self.send(status, [("Content-Type", "application/json")] + list(headers),
+                  _json_bytes(obj))
+
+    def dispatch(self):
+        emu = self.emu
+        try:
+            body = self.read_body()
+        except (ValueError, OSError):
+            self.close_connection = True
+            self.send(400, [], b"")
+            return
+        path = self.path
+        if "://" in path:
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        try:
+            if path.startswith("/_admin/"):
+                return self.admin(path, body)
+            if path.startswith("/api/data/"):
+                return self.webapi(path, body)
+            if path.endswith("/oauth2/v2.0/token"):
+                return self.token(path, body)
+        except ApiError as e:
+            return self.send(e.status, [("Content-Type", JSON_CT)], e.body())
+        except Exception as e:  # emulator bug: say so, keep serving
+            import traceback
+            traceback.print_exc()
+            return self.send_json(500, {"error": {"code": "0x80040216",
+                                                  "message": "Emulator error: %r"
+                                                  % (e,)}})
+        emu.log_request(None, self.command, path, 404)
+        self.send_json(404, {"error": {"code": "0x8006088a",
+                                       "message": "Resource not found for the "
+                                                  "segment '%s'." % path}})
+
+    # -- token endpoint ------------------------------------------------------
+    def token(self, path, body):
+        emu = self.emu
+        tenant = path.strip("/").split("/")[0]
+        form = {}
+        for part in body.decode("utf-8", "replace").split("&"):
+            if part:
+                k, _, v = part.partition("=")
+                form[unquote_plus(k)] = unquote_plus(v)
+        cid = form.get("client_id")
+        secret = form.get("client_secret")
+        auth = self.headers.get("Authorization", "")
+        if auth[:6].lower() == "basic ":
+            try:
+                dec = base64.b64decode(auth[6:].strip()).decode("utf-8")
+                u, _, p = dec.partition(":")
+                cid = cid or unquote_plus(u)
+                secret = unquote_plus(p)
+            except (ValueError, UnicodeDecodeError):
+                pass
+        status, hdrs, rbody = self._token_result(tenant, form, cid, secret)
+        emu.log_request(cid, self.command, path, status)
+        self.send(status, hdrs + [("Cache-Control", "no-store, no-cache")], rbody)
+
+    def _token_result(self, tenant, form, cid, secret):
+        emu = self.emu
+        if self.command != "POST":
+            return _entra_error(400, "invalid_request", 900561,
+                                "The endpoint only accepts POST requests.")
+        if tenant != emu.tenant:
+            return _entra_error(400, "invalid_request", 90002,
+                                "Tenant '%s' not found. Check to make sure you "
+                                "have the correct tenant ID and are signing "
+                                "into the correct cloud." % tenant)
+        gt = form.get("grant_type")
+        if not gt:
+            return _entra_error(400, "invalid_request", 900144,
+                                "The request body must contain the following "
+                                "parameter: 'grant_type'.")
+        if gt != "client_credentials":
+            return _entra_error(400, "unsupported_grant_type", 70003,
+                                "The app requested an unsupported grant type "
+                                "'%s'." % gt)
+        if not cid:
+            return _entra_error(400, "invalid_request", 900144,
+                                "The request body must contain the following "
+                                "parameter: 'client_id'.")
+        scope = form.get("scope")
+        if not scope:
+            return _entra_error(400, "invalid_request", 900144,
+                                "The request body must contain the following "
+                                "parameter: 'scope'.")
+        if not scope.endswith("/.default") or " " in scope.strip():
+            return _entra_error(400, "invalid_scope", 1002012,
+                                "The provided value for scope %s is not valid. "
+                                "Client credential flows must have a scope "
+                                "value with /.default suffixed to the resource "
+                                "identifier (application ID URI)." % scope)
+        if cid not in emu.clients:
+            return _entra_error(400, "unauthorized_client", 700016,
+                                "Application with identifier '%s' was not found "
+                                "in the directory '%s'." % (cid, tenant))
+        if not secret:
+            return _entra_error(401, "invalid_client", 7000216,
+                                "'client_assertion', 'client_secret' or "
+                                "'request' is required for the "
+                                "'client_credentials' grant type.")
+        if not secrets.compare_digest(secret.encode(),
+                                      emu.clients[cid].encode()):
+            return _entra_error(401, "invalid_client", 7000215,
+                                "Invalid client secret provided. Ensure the "
+                                "secret being sent in the request is the client "
+                                "secret value, not the client secret ID, for a "
+                                "secret added to app '%s'." % cid)
+        tok = emu.issue_token(cid)
+        ttl = int(emu.token_ttl)
+        return 200, [("Content-Type", "application/json; charset=utf-8")], \
+            _json_bytes({"token_type": "Bearer", "expires_in": ttl,
+                         "ext_expires_in": ttl, "access_token": tok})
+
+    # -- Web API ---------------------------------------------------------------
+    def webapi(self, path, body):
+        emu = self.emu
+        short = path.partition("?")[0]
+        with emu.lock:
+            emu.stats["requests"] += 1
+        auth = self.headers.get("Authorization", "")
+        client, why = (None, "missing")
+        if auth[:7].lower() == "bearer ":
+            client, why = emu.check_token(auth[7:].strip())
+        if client is None:
+            msg = {"missing": "Bearer token is missing from the Authorization "
+                              "header.",
+                   "expired": "ExpiredAuthTicket: the access token has "
+                              "expired.",
+                   "invalid": "InvalidAuthTicket: the access token is not "
+                              "valid."}[why]
+            emu.log_request(None, self.command, short, 401)
+            return self.send(401, [
+                ("WWW-Authenticate",
+                 "Bearer authorization_uri=https://login.microsoftonline.com/"
+                 "%s/oauth2/authorize, resource_id=%s/" % (emu.tenant, emu.base)),
+                ("Content-Type", JSON_CT)],
+                _json_bytes({"error": {"code": "0x80072560", "message": msg}}))
+        fault = emu.admit(client)
+        if fault is not None:
+            if fault.get("drop"):
+                emu.log_request(client, self.command, short, 0)
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return None
+            hdrs = [("Content-Type", JSON_CT), ("OData-Version", "4.0")]
+            if fault.get("retry_after") is not None:
+                hdrs.append(("Retry-After", str(int(fault["retry_after"]))))
+            emu.log_request(client, self.command, short, fault["status"])
+            return self.send(fault["status"], hdrs, _json_bytes(
+                {"error": {"code": fault["code"], "message": fault["message"]}}))
+        try:
+            lat = emu.faults.get("latency_ms")
+            if lat:
+                time.sleep(float(lat) / 1000.0)
+            ctx = Ctx(client, emu.base,
+                      "include-annotations" in self.headers.get("Prefer", ""),
+                      False)
+            rest = path[10:]
+            version, _, tail = rest.partition("/")
+            if tail == "$batch" and self.command == "POST":
+                with emu.lock:
+                    emu.stats["batch_requests"] += 1
+                with emu.tlock:
+                    emu.client_state(client).batch_requests += 1
+                try:
+                    st, reason, hdrs, rbody = emu.batch(
+                        self.headers.get("Content-Type"), body,
+                        self.headers.get("Prefer"), ctx)
+                except ApiError as e:
+                    st, reason, hdrs, rbody = e.status, None, [
+                        ("Content-Type", JSON_CT), ("OData-Version", "4.0")], \
+                        e.body()
+                emu.log_request(client, self.command, short, st)
+                return self.send(st, hdrs, rbody, reason)
+            parsed = None
+            if body.strip():
+                try:
+                    parsed = json.loads(body)
+                except ValueError as e:
+                    raise bad_request("Invalid JSON in request body: %s" % e)
+            hdrs_l = {k.lower(): v for k, v in self.headers.items()}
+            with emu.lock:
+                try:
+                    st, hdrs, rbody, _ = emu.execute(self.command, path, hdrs_l,
+                                                     parsed, ctx)
+                except ApiError as e:
+                    st, hdrs, rbody = e.status, [("Content-Type", JSON_CT),
+                                                 ("REQ_ID", str(uuid.uuid4()))] \
+                        + e.headers, e.body()
+                emu.stats["operations"] += 1
+                obs = emu.stats["ops_by_status"]
+                obs[str(st)] = obs.get(str(st), 0) + 1
+            with emu.tlock:
+                emu.client_state(client).operations += 1
+            emu.log_request(client, self.command, short, st)
+            return self.send(st, [("OData-Version", "4.0")] + hdrs, rbody)
+        finally:
+            emu.release(client)
+
+    # -- admin -------------------------------------------------------------------
+    def admin(self, path, body):
+        emu = self.emu
+        p = path.partition("?")[0][len("/_admin/"):].strip("/")
+        m = self.command
+        try:
+            data = json.loads(body) if body.strip() else None
+        except ValueError as e:
+            return self.send_json(400, {"error": "invalid JSON: %s" % e})
+        if p == "stats" and m == "GET":
+            return self.send_json(200, emu.stats_snapshot())
+        if p == "reset" and m == "POST":
+            emu.reset()
+            return self.send_json(200, {"ok": True})
+        if p == "expire-tokens" and m == "POST":
+            return self.send_json(200, {"expired": emu.expire_tokens()})
+        if p == "faults":
+            if m == "POST":
+                if not isinstance(data, dict):
+                    return self.send_json(400, {"error": "expected an object"})
+                emu.set_faults(data)
+                return self.send_json(200, emu.faults_snapshot())
+            if m == "DELETE":
+                emu.clear_faults()
+                return self.send_json(200, {"ok": True})
+            if m == "GET":
+                return self.send_json(200, emu.faults_snapshot())
+        if p == "actions" and m == "GET":
+            with emu.lock:
+                return self.send_json(200, list(emu.actions))
+        if p == "records" and m == "GET":
+            with emu.lock:
+                return self.send_json(200, {k: len(v) for k, v in
+                                            emu.store.items()})
+        if p.startswith("records/"):
+            es = p[len("records/"):]
+            if es not in ENTITY_SETS:
+                return self.send_json(404, {"error": "unknown entity set '%s'"
+                                                     % es})
+            if m == "GET":
+                with emu.lock:
+                    recs = list(emu.store[es].values())
+                    payload = _json_bytes(recs)
+                return self.send(200, [("Content-Type", "application/json")],
+                                 payload)
+            if m == "POST":
+                if isinstance(data, dict):
+                    data = [data]
+                if not isinstance(data, list):
+                    return self.send_json(400, {"error": "expected an array"})
+                try:
+                    n = emu.seed(es, data)
+                except ApiError as e:
+                    return self.send(e.status, [("Content-Type", JSON_CT)],
+                                     e.body())
+                return self.send_json(200, {"inserted": n})
+            if m == "DELETE":
+                with emu.lock:
+                    n = len(emu.store[es])
+                    emu.store[es].clear()
+                return self.send_json(200, {"deleted": n})
+        if p == "ping":
+            return self.send_json(200, {"ok": True, "port": emu.port})
+        return self.send_json(404, {"error": "unknown admin endpoint %s %s"
+                                             % (m, path)})
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Dataverse Web API emulator")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--port-file")
+    ap.add_argument("--tenant", default=DEFAULT_TENANT)
+    ap.add_argument("--client-id")
+    ap.add_argument("--client-secret")
+    ap.add_argument("--client", action="append", default=[],
+                    metavar="ID:SECRET", help="accepted client (repeatable)")
+    ap.add_argument("--token-ttl", type=float, default=3599)
+    ap.add_argument("--seed")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--requests-per-window", type=int, default=0)
+    ap.add_argument("--window-s", type=float, default=300)
+    ap.add_argument("--max-concurrent", type=int, default=0)
+    ap.add_argument("--retry-after-s", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    clients = {}
+    for c in args.client:
+        cid, sep, sec = c.partition(":")
+        if not sep or not cid:
+            ap.error("--client expects ID:SECRET")
+        clients[cid] = sec
+    if args.client_id:
+        clients[args.client_id] = args.client_secret or ""
+    if not clients:
+        clients[DEFAULT_CLIENT_ID] = DEFAULT_CLIENT_SECRET
+    throttle = {}
+    if args.requests_per_window:
+        throttle["requests_per_window"] = args.requests_per_window
+        throttle["window_s"] = args.window_s
+    if args.max_concurrent:
+        throttle["max_concurrent"] = args.max_concurrent
+    if args.retry_after_s:
+        throttle["retry_after_s"] = args.retry_after_s
+
+    emu = Emulator(args.tenant, clients, args.token_ttl, throttle, args.quiet)
+    if args.seed:
+        with open(args.seed, encoding="utf-8") as f:
+            seed = json.load(f)
+        for es, recs in seed.items():
+            emu.seed(es, recs)
+    Handler.emu = emu
+    srv = Server(("127.0.0.1", args.port), Handler)
+    emu.port = srv.server_address[1]
+    emu.base = "http://127.0.0.1:%d" % emu.port
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % emu.port)
+        os.replace(tmp, args.port_file)
+    if not args.quiet:
+        sys.stderr.write("dataverse-emulator: listening on %s (tenant %s)\n"
+                         % (emu.base, emu.tenant))
+
+    def stop(signum, frame):
+        threading.Thread(target=srv.shutdown, daemon=True).start()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        srv.serve_forever(poll_interval=0.2)
+    finally:
+        srv.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
