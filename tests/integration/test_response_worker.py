@@ -113,6 +113,14 @@ def test_exactly_once_with_duplicates_and_poison():
             assert h["crmsync.error.message"]
             assert int(h["crmsync.error.offset"]) >= 0
             assert d["key"] == "poison-1"
+        status, _ = w._get("/readyz")
+        assert status == 200, "not ready while running: %d" % status
+        st.wait_for(lambda: any(k.startswith("crmsync_consumer_lag{")
+                                for k in w.metrics()), timeout=15,
+                    what="per-partition consumer lag from statistics")
+        assert w.metric("crmsync_crm_request_duration_seconds_count") > 0
+        assert w.metric("crmsync_crm_operations_total", result="ok") == len(
+            expected)
         dups = w.metric("crmsync_messages_duplicate_total")
         assert dups >= 1, "duplicates were not counted"
         skipped = w.metric("crmsync_messages_skipped_total",
@@ -159,6 +167,8 @@ def test_redis_outage_pauses_and_resumes():
         st.produce(TOPIC, events[800:])
         st.wait_for(lambda: w.metric("crmsync_partitions_paused") > 0,
                     timeout=30, what="partitions paused while redis is down")
+        st.wait_for(lambda: w._get("/readyz")[0] == 503, timeout=30,
+                    what="/readyz 503 while redis is down")
         time.sleep(2)
         during = len(responses(st))
         assert during < len(expected), "everything landed without redis?"
@@ -166,6 +176,8 @@ def test_redis_outage_pauses_and_resumes():
         st.restart_redis()
         st.wait_lag_zero(GROUP, TOPIC, timeout=120)
         assert_exactly(st, expected)
+        st.wait_for(lambda: w._get("/readyz")[0] == 200, timeout=30,
+                    what="/readyz 200 after redis is back")
         assert w.metric("crmsync_messages_retried_total") > 0
         assert st.consume_all(DLQ) == [], "a blip must never dead-letter"
         w.stop()
@@ -193,6 +205,33 @@ def test_throttling_and_server_errors():
         assert stats["early_requests"] == 0, (
             "requests sent before Retry-After: %d" % stats["early_requests"])
         assert w.metric("crmsync_crm_throttled_total") >= 1
+        assert st.consume_all(DLQ) == []
+        w.stop()
+
+
+def test_token_expiry_and_revocation():
+    """Short-lived tokens and tokens revoked mid-run (401): the connector
+    refreshes and retries; nothing lost, nothing dead-lettered."""
+    with Stack() as st:
+        st.start_kafka()
+        st.start_redis()
+        events, expected = sample_response_events(2000, seed=8)
+        st.start_dataverse(seed=seed_for_events(events), token_ttl=2)
+        cfg = st.worker_config("response", {"consumer.batch_max_messages":
+                                            100, "consumer.batch_max_ms": 50,
+                                            "crm.batch_size": 50})
+        w = st.start_worker("response", cfg)
+        w.wait_ready(30)
+        st.produce(TOPIC, events[:1000])
+        wait_records(st, 200)
+        st.dv_admin("POST", "/_admin/expire-tokens")
+        time.sleep(2.5)
+        st.produce(TOPIC, events[1000:])
+        st.wait_lag_zero(GROUP, TOPIC, timeout=120)
+        assert_exactly(st, expected)
+        stats = st.dv_admin("GET", "/_admin/stats")
+        assert stats["tokens_issued"] >= 2, stats["tokens_issued"]
+        assert w.metric("crmsync_crm_token_refreshes_total") >= 2
         assert st.consume_all(DLQ) == []
         w.stop()
 
