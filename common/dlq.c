@@ -11,11 +11,11 @@
 #include "common/metrics.h"
 
 struct dlq {
-    rd_kafka_t *rk;        /* producer handle, owned */
-    struct metrics *m;     /* borrowed */
-    char suffix[64];       /* dead-letter topic suffix, e.g. ".dlq" */
-    char worker[64];       /* worker kind for the crmsync.error.worker header */
-    int failed;            /* deliveries failed since the last flush */
+    rd_kafka_t *rk;    /* producer handle, owned */
+    struct metrics *m; /* borrowed */
+    char suffix[64];   /* dead-letter topic suffix, e.g. ".dlq" */
+    char worker[64];   /* worker kind for the crmsync.error.worker header */
+    int failed;        /* deliveries failed since the last flush */
 };
 
 /* Delivery report: counts failures so dlq_flush() can report them. */
@@ -90,8 +90,7 @@ void dlq_topic_name(const struct dlq *dlq, const char *topic, char *buf,
 }
 
 /* Copies the original message's headers into @p dst (may stay empty). */
-static void copy_headers(const rd_kafka_message_t *rkm,
-                         rd_kafka_headers_t *dst)
+static void copy_headers(const rd_kafka_message_t *rkm, rd_kafka_headers_t *dst)
 {
     rd_kafka_headers_t *src = NULL;
     const char *name;
@@ -100,9 +99,8 @@ static void copy_headers(const rd_kafka_message_t *rkm,
 
     if (rd_kafka_message_headers(rkm, &src) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return;
-    for (size_t i = 0;
-         rd_kafka_header_get_all(src, i, &name, &val, &size) ==
-         RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (size_t i = 0; rd_kafka_header_get_all(src, i, &name, &val, &size) ==
+                       RD_KAFKA_RESP_ERR_NO_ERROR;
          i++)
         rd_kafka_header_add(dst, name, -1, val, (ssize_t)size);
 }
@@ -127,18 +125,16 @@ enum cs_err dlq_send(struct dlq *dlq, const rd_kafka_message_t *rkm,
     rd_kafka_header_add(hdrs, "crmsync.error.topic", -1, src_topic, -1);
     rd_kafka_header_add(hdrs, "crmsync.error.partition", -1, partition, -1);
     rd_kafka_header_add(hdrs, "crmsync.error.offset", -1, offset, -1);
-    rd_kafka_header_add(hdrs, "crmsync.error.class", -1, cs_err_name(err),
-                        -1);
+    rd_kafka_header_add(hdrs, "crmsync.error.class", -1, cs_err_name(err), -1);
     rd_kafka_header_add(hdrs, "crmsync.error.message", -1, reason, -1);
     rd_kafka_header_add(hdrs, "crmsync.error.worker", -1, dlq->worker, -1);
     rd_kafka_header_add(hdrs, "crmsync.error.timestamp", -1, ts, -1);
 
-    kerr = rd_kafka_producev(
-        dlq->rk, RD_KAFKA_V_TOPIC(topic),
-        RD_KAFKA_V_KEY(rkm->key, rkm->key_len),
-        RD_KAFKA_V_VALUE(rkm->payload, rkm->len),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hdrs),
-        RD_KAFKA_V_END);
+    kerr = rd_kafka_producev(dlq->rk, RD_KAFKA_V_TOPIC(topic),
+                             RD_KAFKA_V_KEY(rkm->key, rkm->key_len),
+                             RD_KAFKA_V_VALUE(rkm->payload, rkm->len),
+                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                             RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
     if (kerr) {
         /* On failure the headers were not taken over. */
         rd_kafka_headers_destroy(hdrs);

@@ -15,9 +15,9 @@
 #include "common/log.h"
 #include "common/metrics.h"
 
-#define KL_POLL_MS 100          /* longest poll: how often *run is checked */
+#define KL_POLL_MS         100   /* longest poll: how often *run is checked */
 #define KL_HEALTH_EVERY_MS 10000 /* dependency probe interval for /readyz */
-#define KL_DLQ_FLUSH_MS 10000   /* wait for dead letters before storing */
+#define KL_DLQ_FLUSH_MS    10000 /* wait for dead letters before storing */
 
 struct kafka_loop {
     const struct config *cfg; /* borrowed */
@@ -155,10 +155,9 @@ static void log_partitions(const char *what,
     size_t len = 0;
     buf[0] = '\0';
     for (int i = 0; i < parts->cnt && len + 64 < sizeof(buf); i++)
-        len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%s[%" PRId32
-                                "]",
-                                i ? "," : "", parts->elems[i].topic,
-                                parts->elems[i].partition);
+        len += (size_t)snprintf(
+            buf + len, sizeof(buf) - len, "%s%s[%" PRId32 "]", i ? "," : "",
+            parts->elems[i].topic, parts->elems[i].partition);
     LOG_INFO("%s partitions=%s", what, buf);
 }
 
@@ -406,8 +405,7 @@ static void decode_items(struct kafka_loop *kl)
         }
         err = avro_codec_decode(kl->codec, kl->h.reader_schema,
                                 it->rkm->payload, it->rkm->len, &it->value,
-                                &it->schema_id, it->reason,
-                                sizeof(it->reason));
+                                &it->schema_id, it->reason, sizeof(it->reason));
         if (err == CS_ERR_OK) {
             it->decoded = true;
         } else {
@@ -471,8 +469,8 @@ static void finish_items(struct kafka_loop *kl, struct tally *t)
         LOG_ERROR("dead-letter flush failed, will retry: %s", errstr);
         for (size_t i = 0; i < kl->n; i++)
             if (kl->items[i].state == KL_DEAD)
-                kl_item_fail(&kl->items[i], KL_RETRY, CS_ERR_DLQ_PRODUCE,
-                             "%s", errstr);
+                kl_item_fail(&kl->items[i], KL_RETRY, CS_ERR_DLQ_PRODUCE, "%s",
+                             errstr);
     }
 
     for (size_t i = 0; i < kl->n; i++) {
@@ -486,8 +484,8 @@ static void finish_items(struct kafka_loop *kl, struct tally *t)
             t->skipped++;
             snprintf(labels, sizeof(labels), "reason=\"%s\"",
                      it->skip_reason ? it->skip_reason : "other");
-            metrics_counter_add(kl->m, "crmsync_messages_skipped_total",
-                                labels, 1);
+            metrics_counter_add(kl->m, "crmsync_messages_skipped_total", labels,
+                                1);
             break;
         case KL_DUPLICATE:
             t->duplicate++;
@@ -616,8 +614,8 @@ static void attempt_batch(struct kafka_loop *kl)
     if (t.retry)
         metrics_counter_add(kl->m, "crmsync_messages_retried_total", NULL,
                             t.retry);
-    LOG_DEBUG("batch done=%u skipped=%u duplicate=%u dead=%u retry=%u",
-              t.done, t.skipped, t.duplicate, t.dead, t.retry);
+    LOG_DEBUG("batch done=%u skipped=%u duplicate=%u dead=%u retry=%u", t.done,
+              t.skipped, t.duplicate, t.dead, t.retry);
 
     if (t.retry) {
         schedule_retry(kl);
@@ -662,8 +660,7 @@ static bool handle_message(struct kafka_loop *kl, rd_kafka_message_t *rkm)
         /* Cannot hold it: without storing its offset, pause and let the
          * consumer re-fetch it after a seek-free resume is impossible, so
          * stop the worker rather than lose it. */
-        LOG_ERROR("out of memory holding message offset=%" PRId64,
-                  rkm->offset);
+        LOG_ERROR("out of memory holding message offset=%" PRId64, rkm->offset);
         rd_kafka_message_destroy(rkm);
         return false;
     }

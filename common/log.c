@@ -77,8 +77,7 @@ void log_timestamp(char *buf, size_t size)
              tm.tm_min, tm.tm_sec, (int)(now.tv_nsec / 1000000L));
 }
 
-void log_write(enum log_level level, const char *event_id, const char *fmt,
-               ...)
+void log_write(enum log_level level, const char *event_id, const char *fmt, ...)
 {
     char msg[2048];
     char line[4096];

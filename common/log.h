@@ -55,8 +55,8 @@ void log_timestamp(char *buf, size_t size);
  * @brief Writes one log line.
  * @param event_id borrowed; NULL when the line is not about one event.
  */
-void log_write(enum log_level level, const char *event_id, const char *fmt,
-               ...) __attribute__((format(printf, 3, 4)));
+void log_write(enum log_level level, const char *event_id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* The macros check the level before evaluating their arguments. */
 #define LOG_AT(lvl, ev, ...)                                                   \
@@ -69,8 +69,8 @@ void log_write(enum log_level level, const char *event_id, const char *fmt,
 #define LOG_WARN(...)  LOG_AT(LOG_LEVEL_WARN, NULL, __VA_ARGS__)
 #define LOG_ERROR(...) LOG_AT(LOG_LEVEL_ERROR, NULL, __VA_ARGS__)
 /* Same, about one event (its id lands in the "event_id" field). */
-#define LOG_EV_INFO(ev, ...) LOG_AT(LOG_LEVEL_INFO, ev, __VA_ARGS__)
-#define LOG_EV_WARN(ev, ...) LOG_AT(LOG_LEVEL_WARN, ev, __VA_ARGS__)
+#define LOG_EV_INFO(ev, ...)  LOG_AT(LOG_LEVEL_INFO, ev, __VA_ARGS__)
+#define LOG_EV_WARN(ev, ...)  LOG_AT(LOG_LEVEL_WARN, ev, __VA_ARGS__)
 #define LOG_EV_DEBUG(ev, ...) LOG_AT(LOG_LEVEL_DEBUG, ev, __VA_ARGS__)
 
 #endif

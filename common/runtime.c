@@ -49,8 +49,8 @@ static enum cs_err open_metrics(struct runtime *rt, char *errstr,
     }
     if (rt->cfg->metrics_port == 0)
         return CS_ERR_OK;
-    return metrics_serve(rt->metrics, rt->cfg->metrics_port,
-                         &rt->metrics_port, errstr, errstr_size);
+    return metrics_serve(rt->metrics, rt->cfg->metrics_port, &rt->metrics_port,
+                         errstr, errstr_size);
 }
 
 static enum cs_err open_idem(struct runtime *rt, char *errstr,
@@ -127,8 +127,8 @@ enum cs_err runtime_open(struct runtime *rt, const struct config *cfg,
         err = CS_ERR_CONFIG;
         goto out_close;
     }
-    LOG_INFO("runtime ready metrics_port=%d crm=%s schemas=%s", rt->metrics_port,
-             cfg->crm_kind,
+    LOG_INFO("runtime ready metrics_port=%d crm=%s schemas=%s",
+             rt->metrics_port, cfg->crm_kind,
              cfg->schema_registry_url[0] ? "registry" : cfg->schemas_dir);
     return CS_ERR_OK;
 

@@ -18,7 +18,7 @@
 #include "workers/response/response.h"
 
 #define CAMPAIGN "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
-#define CONTACT "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"
+#define CONTACT  "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"
 
 static struct avro_codec *codec;
 
@@ -61,9 +61,9 @@ static void make_event(const char *patch, avro_value_t *out)
         json_object_update(ev, p);
         json_decref(p);
     }
-    assert_int_equal(avro_codec_from_json(codec, 1, ev, out, errstr,
-                                          sizeof(errstr)),
-                     CS_ERR_OK);
+    assert_int_equal(
+        avro_codec_from_json(codec, 1, ev, out, errstr, sizeof(errstr)),
+        CS_ERR_OK);
     json_decref(ev);
 }
 
@@ -83,8 +83,7 @@ static void test_valid_event_reads(void **state)
     char err[128];
     (void)state;
     make_event(NULL, &v);
-    assert_int_equal(response_event_read(&v, &ev, err, sizeof(err)),
-                     CS_ERR_OK);
+    assert_int_equal(response_event_read(&v, &ev, err, sizeof(err)), CS_ERR_OK);
     assert_string_equal(ev.event_id, "ev-1");
     assert_string_equal(ev.type, "CLICK");
     assert_string_equal(ev.campaign_id, CAMPAIGN);
@@ -176,8 +175,7 @@ static void test_filters_off_by_default(void **state)
     make_event("{\"response_type\": \"OPEN\", \"user_agent\": "
                "\"Mozilla/5.0\"}",
                &v);
-    assert_int_equal(response_event_read(&v, &ev, err, sizeof(err)),
-                     CS_ERR_OK);
+    assert_int_equal(response_event_read(&v, &ev, err, sizeof(err)), CS_ERR_OK);
     assert_null(response_skip_reason(&rc, &ev));
     avro_value_decref(&v);
 }

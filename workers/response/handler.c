@@ -117,8 +117,7 @@ void response_handler_free(struct response_handler *h)
     free(h);
 }
 
-static bool tenant_unique(const struct response_handler *h,
-                          const char *tenant)
+static bool tenant_unique(const struct response_handler *h, const char *tenant)
 {
     for (size_t i = 0; i < h->nmodes; i++)
         if (strcmp(h->modes[i].tenant, tenant) == 0)
@@ -176,8 +175,8 @@ static bool claim(struct response_handler *h, struct work *w, size_t n)
         idx[k++] = i;
     }
     err = idem_claim(h->rt->idem, keys, k, st, errstr, sizeof(errstr));
-    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total",
-                        NULL, k ? 1 : 0);
+    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total", NULL,
+                        k ? 1 : 0);
     if (err) {
         for (size_t j = 0; j < k; j++)
             kl_item_fail(w[idx[j]].it, KL_RETRY, err, "%s", errstr);
@@ -221,8 +220,7 @@ static void write_crm(struct response_handler *h, struct work *w, size_t n)
         if (!w[i].candidate)
             continue;
         odata_uuid5(CRMSYNC_UUID_NAMESPACE, w[i].key, w[i].activityid);
-        snprintf(path, sizeof(path), "campaignresponses(%s)",
-                 w[i].activityid);
+        snprintf(path, sizeof(path), "campaignresponses(%s)", w[i].activityid);
         ops[k].method = "PATCH";
         ops[k].path = strdup(path);
         ops[k].body = response_build_body(&w[i].ev);
@@ -292,8 +290,8 @@ static void settle(struct response_handler *h, struct work *w, size_t n)
         LOG_WARN("could not mark %zu effects done: %s", nd, errstr);
     if (nr && idem_release(h->rt->idem, rel, nr, errstr, sizeof(errstr)))
         LOG_WARN("could not release %zu claims: %s", nr, errstr);
-    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total",
-                        NULL, (nd ? 1 : 0) + (nr ? 1 : 0));
+    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total", NULL,
+                        (nd ? 1 : 0) + (nr ? 1 : 0));
 out_free:
     free(rel);
     free(done);

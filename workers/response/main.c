@@ -21,14 +21,14 @@ static volatile sig_atomic_t run = 1; /* cleared by SIGTERM / SIGINT */
 
 int main(int argc, char **argv)
 {
-    struct config cfg = {0};               /* shared settings */
-    struct response_config rcfg = {0};     /* response.* settings */
+    struct config cfg = {0};           /* shared settings */
+    struct response_config rcfg = {0}; /* response.* settings */
     struct config_section extra = {"response worker", response_config_fields,
                                    response_config_fields_cnt, &rcfg};
-    struct runtime rt = {0};               /* metrics, codec, redis, crm, dlq */
+    struct runtime rt = {0}; /* metrics, codec, redis, crm, dlq */
     struct response_handler *handler = NULL;
     struct kafka_loop *loop = NULL;
-    char errstr[512];                      /* error detail from any module */
+    char errstr[512]; /* error detail from any module */
     enum log_level level = LOG_LEVEL_INFO;
     int rc;
     int exit_code = EXIT_FAILURE;
@@ -64,8 +64,8 @@ int main(int argc, char **argv)
         goto out_free_handler;
     }
 
-    LOG_INFO("started mode=%s batch_max_messages=%d batch_max_ms=%d",
-             rcfg.mode, cfg.batch_max_messages, cfg.batch_max_ms);
+    LOG_INFO("started mode=%s batch_max_messages=%d batch_max_ms=%d", rcfg.mode,
+             cfg.batch_max_messages, cfg.batch_max_ms);
     if (kafka_loop_run(loop, &run) == CS_ERR_OK)
         exit_code = EXIT_SUCCESS;
 

@@ -125,8 +125,8 @@ static bool within_window(const struct response_event *ev, int window_s)
 static bool is_machine_open(const struct response_config *rc,
                             const struct response_event *ev)
 {
-    static const char *const proxies[] = {"GoogleImageProxy",
-                                          "YahooMailProxy", "ggpht.com", NULL};
+    static const char *const proxies[] = {"GoogleImageProxy", "YahooMailProxy",
+                                          "ggpht.com", NULL};
     if (ev->user_agent && (strcmp(ev->user_agent, "Mozilla/5.0") == 0 ||
                            ua_contains_any(ev->user_agent, proxies)))
         return true;
@@ -137,8 +137,8 @@ static bool is_scanner_click(const struct response_config *rc,
                              const struct response_event *ev)
 {
     static const char *const scanners[] = {
-        "Barracuda", "Mimecast",    "Proofpoint", "urldefense",
-        "Trend Micro", "MessageLabs", "Symantec", "SafeLinks", NULL};
+        "Barracuda",   "Mimecast", "Proofpoint", "urldefense", "Trend Micro",
+        "MessageLabs", "Symantec", "SafeLinks",  NULL};
     if (ev->user_agent && ua_contains_any(ev->user_agent, scanners))
         return true;
     return within_window(ev, rc->scanner_click_window_s);
@@ -192,8 +192,7 @@ static void iso8601(int64_t ms, char *buf, size_t size)
 }
 
 /* Sets key to s cut to max UTF-8-safe bytes (Dataverse column lengths). */
-static void set_str_max(json_t *obj, const char *key, const char *s,
-                        size_t max)
+static void set_str_max(json_t *obj, const char *key, const char *s, size_t max)
 {
     char buf[2048];
     size_t len;
@@ -205,8 +204,7 @@ static void set_str_max(json_t *obj, const char *key, const char *s,
     if (len >= sizeof(buf))
         len = sizeof(buf) - 1;
     /* Do not cut inside a multi-byte sequence. */
-    while (len > 0 && len < strlen(s) &&
-           ((unsigned char)s[len] & 0xC0) == 0x80)
+    while (len > 0 && len < strlen(s) && ((unsigned char)s[len] & 0xC0) == 0x80)
         len--;
     memcpy(buf, s, len);
     buf[len] = '\0';
@@ -257,8 +255,9 @@ char *response_build_body(const struct response_event *ev)
              ev->event_id, ev->source_system ? ev->source_system : "esp");
 
     set_str_max(obj, "subject", subject, 200);
-    json_object_set_new(obj, "regardingobjectid_campaign_campaignresponse"
-                             "@odata.bind",
+    json_object_set_new(obj,
+                        "regardingobjectid_campaign_campaignresponse"
+                        "@odata.bind",
                         json_string(regarding));
     json_object_set_new(obj, "channeltypecode", json_integer(1)); /* Email */
     /* 3 = Do Not Send Marketing Materials; 1 = Interested otherwise. */

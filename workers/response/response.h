@@ -39,7 +39,7 @@ struct response_event {
     const char *event_id;
     const char *tenant;
     const char *source_system;
-    int64_t occurred_at;    /* ms since epoch */
+    int64_t occurred_at;     /* ms since epoch */
     const char *entity_type; /* contact | lead | account, or NULL */
     const char *entity_id;   /* CRM GUID, or NULL */
     const char *email;       /* or NULL */
