@@ -209,6 +209,32 @@ def test_throttling_and_server_errors():
         w.stop()
 
 
+def test_crm_outage_pauses_and_resumes():
+    """The CRM answers 503 to everything for a while: partitions pause,
+    /readyz turns 503, nothing is dead-lettered; all lands afterwards."""
+    with Stack() as st:
+        events, expected, cfg = base_stack(st, 1500, seed=11)
+        w = st.start_worker("response", cfg)
+        w.wait_ready(30)
+        st.produce(TOPIC, events[:500])
+        wait_records(st, 50)
+        st.dv_admin("POST", "/_admin/faults", {"error_rate": 1.0,
+                                               "error_status": 503})
+        st.produce(TOPIC, events[500:])
+        st.wait_for(lambda: w.metric("crmsync_partitions_paused") > 0,
+                    timeout=30, what="partitions paused while the CRM is down")
+        st.wait_for(lambda: w._get("/readyz")[0] == 503, timeout=30,
+                    what="/readyz 503 while the CRM is down")
+        before = len(responses(st))
+        time.sleep(3)
+        assert len(responses(st)) == before, "writes during the outage?"
+        st.dv_admin("DELETE", "/_admin/faults")
+        st.wait_lag_zero(GROUP, TOPIC, timeout=180)
+        assert_exactly(st, expected)
+        assert st.consume_all(DLQ) == [], "an outage must never dead-letter"
+        w.stop()
+
+
 def test_token_expiry_and_revocation():
     """Short-lived tokens and tokens revoked mid-run (401): the connector
     refreshes and retries; nothing lost, nothing dead-lettered."""
