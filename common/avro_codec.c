@@ -14,6 +14,8 @@
 
 #include <curl/curl.h>
 
+#include "common/buf.h"
+
 /* Limits for untrusted input and files. */
 #define SCHEMA_FILE_MAX    (1024 * 1024) /* largest .avsc / registry body */
 #define SCAN_DEPTH_MAX     64            /* nesting depth of a datum */
@@ -584,28 +586,23 @@ void avro_codec_free(struct avro_codec *codec)
  * ------------------------------------------------------------------------ */
 
 struct http_body {
-    char *data; /* malloc'd, NUL-terminated */
-    size_t len;
-    bool too_big;
+    struct buf buf; /* the response body so far */
+    bool too_big;   /* it passed SCHEMA_FILE_MAX */
 };
 
+/* curl write callback: collects up to SCHEMA_FILE_MAX bytes; returning
+ * short (0) aborts the transfer. */
 static size_t body_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct http_body *b = userdata;
     size_t n = size * nmemb;
-    char *p;
 
-    if (b->len + n > SCHEMA_FILE_MAX) {
+    if (b->buf.len + n > SCHEMA_FILE_MAX) {
         b->too_big = true;
         return 0;
     }
-    p = realloc(b->data, b->len + n + 1);
-    if (!p)
+    if (buf_append(&b->buf, ptr, n) != CS_ERR_OK)
         return 0;
-    memcpy(p + b->len, ptr, n);
-    b->data = p;
-    b->len += n;
-    b->data[b->len] = '\0';
     return n;
 }
 
@@ -614,7 +611,7 @@ static enum cs_err registry_get(struct avro_codec *c, int32_t id,
                                 char **text_out, char *errstr,
                                 size_t errstr_size)
 {
-    struct http_body body = {NULL, 0, false};
+    struct http_body body = {{0}, false};
     char url[4096];
     long status = 0;
     CURLcode cc;
@@ -654,7 +651,8 @@ static enum cs_err registry_get(struct avro_codec *c, int32_t id,
         rc = CS_ERR_REGISTRY_UNAVAILABLE;
         goto out_free_body;
     }
-    root = json_loadb(body.data ? body.data : "", body.len, 0, &jerr);
+    root =
+        json_loadb(body.buf.data ? body.buf.data : "", body.buf.len, 0, &jerr);
     schema = json_string_value(json_object_get(root, "schema"));
     type = json_string_value(json_object_get(root, "schemaType"));
     if (!schema) {
@@ -672,7 +670,7 @@ static enum cs_err registry_get(struct avro_codec *c, int32_t id,
     }
     json_decref(root);
 out_free_body:
-    free(body.data);
+    buf_free(&body.buf);
     return rc;
 }
 

@@ -4,7 +4,6 @@
 #include "common/crm_dataverse.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "common/buf.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/odata.h"
@@ -23,107 +23,36 @@
 #define DV_MAX_PAGES 1000
 
 /* ------------------------------------------------------------------------
- * Growable string buffer
- * ---------------------------------------------------------------------- */
-
-struct sbuf {
-    char *data;
-    size_t len;
-    size_t cap;
-    bool oom;
-};
-
-static void sb_add(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        char *p;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        p = realloc(b->data, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-    sb_add(b, s, strlen(s));
-}
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        b->oom = true;
-        return;
-    }
-    if ((size_t)n < sizeof(tmp)) {
-        sb_add(b, tmp, (size_t)n);
-        return;
-    }
-    {
-        char *big = malloc((size_t)n + 1);
-        if (!big) {
-            b->oom = true;
-            return;
-        }
-        va_start(ap, fmt);
-        vsnprintf(big, (size_t)n + 1, fmt, ap);
-        va_end(ap);
-        sb_add(b, big, (size_t)n);
-        free(big);
-    }
-}
-
-/* ------------------------------------------------------------------------
  * $batch writer
  * ---------------------------------------------------------------------- */
 
 /* Writes one application/http part (headers, request line, body). */
-static void write_op_part(struct sbuf *b, const struct crm_op *op,
+static void write_op_part(struct buf *b, const struct crm_op *op,
                           const char *api_path, int content_id)
 {
     const char *path = op->path ? op->path : "";
 
-    sb_puts(b, "Content-Type: application/http\r\n"
-               "Content-Transfer-Encoding: binary\r\n");
+    buf_appends(b, "Content-Type: application/http\r\n"
+                   "Content-Transfer-Encoding: binary\r\n");
     if (content_id > 0)
-        sb_printf(b, "Content-ID: %d\r\n", content_id);
-    sb_puts(b, "\r\n");
-    sb_puts(b, op->method);
-    sb_puts(b, " ");
+        buf_appendf(b, "Content-ID: %d\r\n", content_id);
+    buf_appends(b, "\r\n");
+    buf_appends(b, op->method);
+    buf_appends(b, " ");
     if (path[0] != '$' && strncmp(path, "http", 4) != 0)
-        sb_puts(b, api_path);
-    sb_puts(b, path);
-    sb_puts(b, " HTTP/1.1\r\n");
+        buf_appends(b, api_path);
+    buf_appends(b, path);
+    buf_appends(b, " HTTP/1.1\r\n");
     if (op->body)
-        sb_puts(b, "Content-Type: application/json; type=entry\r\n");
+        buf_appends(b, "Content-Type: application/json; type=entry\r\n");
     if (op->flags & CRM_OP_CREATE_ONLY)
-        sb_puts(b, "If-None-Match: *\r\n");
+        buf_appends(b, "If-None-Match: *\r\n");
     if (op->flags & CRM_OP_UPDATE_ONLY)
-        sb_puts(b, "If-Match: *\r\n");
-    sb_puts(b, "\r\n");
+        buf_appends(b, "If-Match: *\r\n");
+    buf_appends(b, "\r\n");
     if (op->body)
-        sb_puts(b, op->body);
-    sb_puts(b, "\r\n");
+        buf_appends(b, op->body);
+    buf_appends(b, "\r\n");
 }
 
 enum cs_err crm_dataverse_batch_build(const struct crm_op *ops, size_t n,
@@ -131,12 +60,12 @@ enum cs_err crm_dataverse_batch_build(const struct crm_op *ops, size_t n,
                                       const char *boundary, char **out,
                                       size_t *out_len)
 {
-    struct sbuf b = {0};
+    struct buf b = {0};
     size_t i = 0;
     int run = 0;
 
     while (i < n) {
-        sb_printf(&b, "--%s\r\n", boundary);
+        buf_appendf(&b, "--%s\r\n", boundary);
         if (ops[i].changeset == 0) {
             write_op_part(&b, &ops[i], api_path, 0);
             i++;
@@ -152,25 +81,25 @@ enum cs_err crm_dataverse_batch_build(const struct crm_op *ops, size_t n,
             odata_uuid5(CRMSYNC_UUID_NAMESPACE, boundary, uuid);
             odata_uuid5(uuid, seed, uuid);
             snprintf(cs, sizeof(cs), "changeset_%s", uuid);
-            sb_printf(&b,
-                      "Content-Type: multipart/mixed; boundary=\"%s\"\r\n"
-                      "\r\n",
-                      cs);
+            buf_appendf(&b,
+                        "Content-Type: multipart/mixed; boundary=\"%s\"\r\n"
+                        "\r\n",
+                        cs);
             while (i < n && ops[i].changeset == id) {
-                sb_printf(&b, "--%s\r\n", cs);
+                buf_appendf(&b, "--%s\r\n", cs);
                 write_op_part(&b, &ops[i], api_path, (int)i + 1);
                 i++;
             }
-            sb_printf(&b, "--%s--\r\n\r\n", cs);
+            buf_appendf(&b, "--%s--\r\n\r\n", cs);
         }
     }
-    sb_printf(&b, "--%s--\r\n", boundary);
+    buf_appendf(&b, "--%s--\r\n", boundary);
     if (b.oom) {
-        free(b.data);
+        buf_free(&b);
         return CS_ERR_NOMEM;
     }
-    *out = b.data;
     *out_len = b.len;
+    *out = buf_detach(&b);
     return CS_ERR_OK;
 }
 
@@ -695,7 +624,7 @@ static enum cs_err dv_fetch_token(struct dataverse *dv, char *errstr,
         {"Accept", "application/json"},
     };
     struct http_response resp;
-    struct sbuf form = {0};
+    struct buf form = {0};
     char *id = odata_url_encode(dv->client_id);
     char *secret = odata_url_encode(dv->client_secret);
     char *scope = odata_url_encode(dv->scope);
@@ -706,12 +635,12 @@ static enum cs_err dv_fetch_token(struct dataverse *dv, char *errstr,
     enum cs_err rc;
 
     if (id && secret && scope) {
-        sb_puts(&form, "grant_type=client_credentials&client_id=");
-        sb_puts(&form, id);
-        sb_puts(&form, "&client_secret=");
-        sb_puts(&form, secret);
-        sb_puts(&form, "&scope=");
-        sb_puts(&form, scope);
+        buf_appends(&form, "grant_type=client_credentials&client_id=");
+        buf_appends(&form, id);
+        buf_appends(&form, "&client_secret=");
+        buf_appends(&form, secret);
+        buf_appends(&form, "&scope=");
+        buf_appends(&form, scope);
     }
     free(id);
     free_secret(secret);
@@ -1228,10 +1157,11 @@ struct crm *crm_dataverse_new(const struct crm_options *opts, struct metrics *m,
     if (opts->token_url && *opts->token_url) {
         dv->token_url = strdup(opts->token_url);
     } else {
-        struct sbuf b = {0};
-        sb_printf(&b, "https://login.microsoftonline.com/%s/oauth2/v2.0/token",
-                  opts->tenant_id);
-        dv->token_url = b.data;
+        struct buf b = {0};
+        buf_appendf(&b,
+                    "https://login.microsoftonline.com/%s/oauth2/v2.0/token",
+                    opts->tenant_id);
+        dv->token_url = buf_detach(&b);
     }
     dv->client_id = strdup(opts->client_id);
     dv->client_secret = strdup(opts->client_secret);

@@ -13,6 +13,7 @@
 
 #include <curl/curl.h>
 
+#include "common/buf.h"
 #include "common/log.h"
 #include "common/metrics.h"
 
@@ -24,14 +25,6 @@ struct http_client {
     char *user_agent;        /* owned copy or NULL */
     long long gate_until_ms; /* monotonic ms; no send before this */
     uint64_t rng;            /* xorshift state for backoff jitter */
-};
-
-/* Growable buffer for the response body. */
-struct body_buf {
-    char *data;
-    size_t len;
-    size_t cap;
-    bool oom;
 };
 
 /* Headers of interest captured by the header callback (last response). */
@@ -156,27 +149,14 @@ long long http_gate_until_ms(const struct http_client *c)
     return c->gate_until_ms > http_now_ms() ? c->gate_until_ms : 0;
 }
 
+/* curl write callback: appends to the struct buf in @p userdata. */
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
-    struct body_buf *b = userdata;
+    struct buf *b = userdata;
     size_t n = size * nmemb;
 
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        char *p;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        p = realloc(b->data, cap);
-        if (!p) {
-            b->oom = true;
-            return 0; /* aborts the transfer */
-        }
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, ptr, n);
-    b->len += n;
-    b->data[b->len] = '\0';
+    if (buf_append(b, ptr, n) != CS_ERR_OK)
+        return 0; /* aborts the transfer; b->oom tells why */
     return n;
 }
 
@@ -273,7 +253,7 @@ static struct curl_slist *build_headers(const struct http_header *headers,
 /* Sets every option for one attempt (curl_easy_reset keeps connections). */
 static void setup_easy(struct http_client *c, const char *method,
                        const char *url, struct curl_slist *hdrs,
-                       const char *body, size_t body_len, struct body_buf *bb,
+                       const char *body, size_t body_len, struct buf *bb,
                        struct hdr_capture *hc)
 {
     CURL *h = c->curl;
@@ -343,7 +323,7 @@ enum cs_err http_request(struct http_client *c, const char *method,
         return CS_ERR_NOMEM;
     }
     for (int attempt = 0;; attempt++) {
-        struct body_buf bb = {0};
+        struct buf bb = {0};
         struct hdr_capture hc = {NULL, -1};
         long long now = http_now_ms();
         long long t0;

@@ -18,6 +18,7 @@
 #include <openssl/sha.h>
 
 #include "common/log.h"
+#include "common/odata.h"
 
 #define IDEM_DEFAULT_PORT 6379
 #define IDEM_FIELD_LEN    8   /* raw bytes of the per-id hash field */
@@ -144,17 +145,6 @@ struct idem {
  * Option parsing
  * ---------------------------------------------------------------------- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Returns a malloc'ed %-decoded copy of s[0..len) or NULL (bad escape, %00
  * or out of memory). The caller frees it (cleansing it first if secret). */
 static char *dup_decoded(const char *s, size_t len)
@@ -169,8 +159,8 @@ static char *dup_decoded(const char *s, size_t len)
             out[j++] = s[i];
             continue;
         }
-        int hi = i + 2 < len ? hexval(s[i + 1]) : -1;
-        int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
+        int hi = i + 2 < len ? odata_hex_value(s[i + 1]) : -1;
+        int lo = i + 2 < len ? odata_hex_value(s[i + 2]) : -1;
         if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
             OPENSSL_cleanse(out, len + 1);
             free(out);
@@ -882,21 +872,35 @@ static enum cs_err run_script(struct idem *idem, enum idem_script s,
     return CS_ERR_REDIS_PROTOCOL;
 }
 
+/* Builds the batch for script s over keys[0..n) and runs it. On success
+ * *out is a non-error reply the caller frees with freeReplyObject. */
+static enum cs_err script_call(struct idem *idem, enum idem_script s,
+                               const struct idem_key *keys, size_t n,
+                               redisReply **out, char *errstr,
+                               size_t errstr_size)
+{
+    struct batch b;
+    enum cs_err err;
+
+    err = batch_build(idem, s, keys, n, &b, errstr, errstr_size);
+    if (err != CS_ERR_OK)
+        return err;
+    err = run_script(idem, s, &b, out, errstr, errstr_size);
+    batch_free(&b);
+    return err;
+}
+
 enum cs_err idem_claim(struct idem *idem, const struct idem_key *keys, size_t n,
                        enum idem_state *out, char *errstr, size_t errstr_size)
 {
-    struct batch b;
     redisReply *r = NULL;
     enum cs_err err;
 
     if (n == 0)
         return CS_ERR_OK;
-    err = batch_build(idem, SCRIPT_CLAIM, keys, n, &b, errstr, errstr_size);
+    err = script_call(idem, SCRIPT_CLAIM, keys, n, &r, errstr, errstr_size);
     if (err != CS_ERR_OK)
         return err;
-    err = run_script(idem, SCRIPT_CLAIM, &b, &r, errstr, errstr_size);
-    if (err != CS_ERR_OK)
-        goto out_free_batch;
 
     if (r->type != REDIS_REPLY_STRING || r->len != n) {
         snprintf(errstr, errstr_size,
@@ -918,8 +922,6 @@ enum cs_err idem_claim(struct idem *idem, const struct idem_key *keys, size_t n,
 
 out_free_reply:
     freeReplyObject(r);
-out_free_batch:
-    batch_free(&b);
     return err;
 }
 
@@ -929,18 +931,14 @@ static enum cs_err run_counted(struct idem *idem, enum idem_script s,
                                const struct idem_key *keys, size_t n,
                                bool exact, char *errstr, size_t errstr_size)
 {
-    struct batch b;
     redisReply *r = NULL;
     enum cs_err err;
 
     if (n == 0)
         return CS_ERR_OK;
-    err = batch_build(idem, s, keys, n, &b, errstr, errstr_size);
+    err = script_call(idem, s, keys, n, &r, errstr, errstr_size);
     if (err != CS_ERR_OK)
         return err;
-    err = run_script(idem, s, &b, &r, errstr, errstr_size);
-    if (err != CS_ERR_OK)
-        goto out_free_batch;
     if (r->type != REDIS_REPLY_INTEGER || r->integer < 0 ||
         (unsigned long long)r->integer > n ||
         (exact && (unsigned long long)r->integer != n)) {
@@ -950,8 +948,6 @@ static enum cs_err run_counted(struct idem *idem, enum idem_script s,
         err = CS_ERR_REDIS_PROTOCOL;
     }
     freeReplyObject(r);
-out_free_batch:
-    batch_free(&b);
     return err;
 }
 

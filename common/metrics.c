@@ -16,13 +16,15 @@
 #include <math.h>
 #include <microhttpd.h>
 #include <pthread.h>
-#include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
+
+#include "common/buf.h"
 
 enum metric_type {
     METRIC_UNTYPED = 0,
@@ -139,15 +141,18 @@ static const char *type_name(enum metric_type t)
     return "untyped";
 }
 
-/* Binary search; returns the index of @p key or where it would be inserted,
- * with *found telling which. */
-static size_t fam_search(const struct metrics *m, const char *name, bool *found)
+/* Binary search over @p n structs of @p size bytes at @p base, sorted by
+ * the string pointer found @p key_off bytes into each; returns the index of
+ * @p key or where it would be inserted, with *found telling which. */
+static size_t sorted_search(const void *base, size_t n, size_t size,
+                            size_t key_off, const char *key, bool *found)
 {
-    size_t lo = 0, hi = m->nfams;
+    size_t lo = 0, hi = n;
 
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(m->fams[mid].name, name);
+        const char *elem = (const char *)base + mid * size;
+        int c = strcmp(*(const char *const *)(elem + key_off), key);
 
         if (c == 0) {
             *found = true;
@@ -162,26 +167,17 @@ static size_t fam_search(const struct metrics *m, const char *name, bool *found)
     return lo;
 }
 
+static size_t fam_search(const struct metrics *m, const char *name, bool *found)
+{
+    return sorted_search(m->fams, m->nfams, sizeof(m->fams[0]),
+                         offsetof(struct family, name), name, found);
+}
+
 static size_t series_search(const struct family *f, const char *labels,
                             bool *found)
 {
-    size_t lo = 0, hi = f->nseries;
-
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(f->series[mid].labels, labels);
-
-        if (c == 0) {
-            *found = true;
-            return mid;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    *found = false;
-    return lo;
+    return sorted_search(f->series, f->nseries, sizeof(f->series[0]),
+                         offsetof(struct series, labels), labels, found);
 }
 
 /* Returns the family (created with @p type if missing), NULL on OOM. A
@@ -608,47 +604,6 @@ out_decref:
 
 /* -------------------------------------------------------------- rendering */
 
-struct buf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void buf_printf(struct buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void buf_printf(struct buf *b, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (b->oom)
-        return;
-    for (;;) {
-        size_t room = b->cap - b->len;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p ? b->p + b->len : NULL, room, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = true;
-            return;
-        }
-        if ((size_t)n < room) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap - b->len <= (size_t)n)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-}
-
 /* Formats a sample value: integers exactly, others round-trippable. */
 static void fmt_value(double v, char *out, size_t out_size)
 {
@@ -668,11 +623,11 @@ static void help_append(struct buf *b, const char *help)
 {
     for (const char *p = help; *p; p++) {
         if (*p == '\\')
-            buf_printf(b, "\\\\");
+            buf_appends(b, "\\\\");
         else if (*p == '\n')
-            buf_printf(b, "\\n");
+            buf_appends(b, "\\n");
         else
-            buf_printf(b, "%c", *p);
+            buf_append(b, p, 1);
     }
 }
 
@@ -684,35 +639,35 @@ static void render_family(const struct metrics *m, const struct family *f,
     if (f->nseries == 0)
         return;
     if (f->help) {
-        buf_printf(b, "# HELP %s ", f->name);
+        buf_appendf(b, "# HELP %s ", f->name);
         help_append(b, f->help);
-        buf_printf(b, "\n");
+        buf_appendf(b, "\n");
     }
-    buf_printf(b, "# TYPE %s %s\n", f->name, type_name(f->type));
+    buf_appendf(b, "# TYPE %s %s\n", f->name, type_name(f->type));
     for (size_t i = 0; i < f->nseries; i++) {
         const struct series *s = &f->series[i];
         const char *sep = s->labels[0] ? "," : "";
 
         if (f->type != METRIC_HISTOGRAM) {
             fmt_value(s->value, val, sizeof(val));
-            buf_printf(b, "%s{%s%s%s} %s\n", f->name, m->worker_label, sep,
-                       s->labels, val);
+            buf_appendf(b, "%s{%s%s%s} %s\n", f->name, m->worker_label, sep,
+                        s->labels, val);
             continue;
         }
         uint64_t cum = 0;
         for (size_t k = 0; k < HIST_NBOUNDS; k++) {
             cum += s->buckets[k];
-            buf_printf(b, "%s_bucket{%s%s%s,le=\"%s\"} %" PRIu64 "\n", f->name,
-                       m->worker_label, sep, s->labels, hist_bound_text[k],
-                       cum);
+            buf_appendf(b, "%s_bucket{%s%s%s,le=\"%s\"} %" PRIu64 "\n", f->name,
+                        m->worker_label, sep, s->labels, hist_bound_text[k],
+                        cum);
         }
-        buf_printf(b, "%s_bucket{%s%s%s,le=\"+Inf\"} %" PRIu64 "\n", f->name,
-                   m->worker_label, sep, s->labels, s->count);
+        buf_appendf(b, "%s_bucket{%s%s%s,le=\"+Inf\"} %" PRIu64 "\n", f->name,
+                    m->worker_label, sep, s->labels, s->count);
         fmt_value(s->value, val, sizeof(val));
-        buf_printf(b, "%s_sum{%s%s%s} %s\n", f->name, m->worker_label, sep,
-                   s->labels, val);
-        buf_printf(b, "%s_count{%s%s%s} %" PRIu64 "\n", f->name,
-                   m->worker_label, sep, s->labels, s->count);
+        buf_appendf(b, "%s_sum{%s%s%s} %s\n", f->name, m->worker_label, sep,
+                    s->labels, val);
+        buf_appendf(b, "%s_count{%s%s%s} %" PRIu64 "\n", f->name,
+                    m->worker_label, sep, s->labels, s->count);
     }
 }
 
@@ -729,17 +684,12 @@ char *metrics_render(struct metrics *m, size_t *len)
         render_family(m, &m->fams[i], &b);
     pthread_mutex_unlock(&m->lock);
     if (b.oom) {
-        free(b.p);
+        buf_free(&b);
         return NULL;
-    }
-    if (!b.p) {
-        b.p = str_dup("");
-        if (!b.p)
-            return NULL;
     }
     if (len)
         *len = b.len;
-    return b.p;
+    return buf_detach(&b);
 }
 
 /* ------------------------------------------------------------------- HTTP */

@@ -83,7 +83,7 @@ char *odata_quote_literal(const char *s)
     return out;
 }
 
-static int hex_value(char ch)
+int odata_hex_value(char ch)
 {
     if (ch >= '0' && ch <= '9')
         return ch - '0';
@@ -102,7 +102,7 @@ bool odata_is_guid(const char *s)
         if (i == 8 || i == 13 || i == 18 || i == 23) {
             if (s[i] != '-')
                 return false;
-        } else if (hex_value(s[i]) < 0) {
+        } else if (odata_hex_value(s[i]) < 0) {
             return false;
         }
     }
@@ -119,7 +119,8 @@ static bool guid_parse(const char *s, unsigned char out[16])
     for (size_t i = 0; i < 36 && o < 16; i++) {
         if (s[i] == '-')
             continue;
-        out[o++] = (unsigned char)(hex_value(s[i]) << 4 | hex_value(s[i + 1]));
+        out[o++] = (unsigned char)(odata_hex_value(s[i]) << 4 |
+                                   odata_hex_value(s[i + 1]));
         i++;
     }
     return o == 16;

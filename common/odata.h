@@ -1,6 +1,7 @@
 /*
  * odata - escaping of OData literals and URL parts, GUID checks and
- * deterministic record ids (RFC 4122 UUIDv5).
+ * deterministic record ids (RFC 4122 UUIDv5), and the hex digit decoding
+ * that percent-decoding and hex parsers elsewhere share.
  *
  * Every string that lands in a Dataverse URL goes through this module: filter
  * literals through odata_quote_literal() (quote doubling + percent-encoding),
@@ -37,6 +38,9 @@ char *odata_quote_literal(const char *s);
  * @returns the encoded string (caller frees with free()), NULL on OOM.
  */
 char *odata_url_encode(const char *s);
+
+/** @returns the value 0..15 of hex digit @p c (any case), -1 if not one. */
+int odata_hex_value(char c);
 
 /** @returns true when @p s is a GUID in 8-4-4-4-12 hex form (any case). */
 bool odata_is_guid(const char *s);

@@ -37,6 +37,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "common/avro_codec.h"
+#include "common/odata.h"
 
 #define MAX_X_PROPS   64
 #define FLUSH_TIMEOUT 60000 /* ms to wait for the last delivery reports */
@@ -247,17 +248,6 @@ static int event_key(const json_t *ev, enum key_mode mode, char *key, size_t n)
     return len < (int)n ? len : (int)n - 1;
 }
 
-static int hex_nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes hex into a malloc'd buffer (caller frees); NULL if invalid. */
 static void *hex_decode(const char *hex, size_t *len_out)
 {
@@ -271,8 +261,8 @@ static void *hex_decode(const char *hex, size_t *len_out)
     if (!buf)
         return NULL;
     for (i = 0; i < n / 2; i++) {
-        int hi = hex_nibble(hex[2 * i]);
-        int lo = hex_nibble(hex[2 * i + 1]);
+        int hi = odata_hex_value(hex[2 * i]);
+        int lo = odata_hex_value(hex[2 * i + 1]);
 
         if (hi < 0 || lo < 0) {
             free(buf);
