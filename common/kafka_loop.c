@@ -191,6 +191,12 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         else
             ret = rd_kafka_assign(rk, NULL);
         kl->assigned = coop ? kl->assigned - parts->cnt : 0;
+        /* The retry that would resume is gone with the batch: resume now,
+         * or what stays assigned (and all we gain) stays paused forever. */
+        if (kl->n == 0 && kl->paused) {
+            kl->backoff_ms = kl->cfg->retry_backoff_min_ms;
+            set_paused(kl, false);
+        }
         break;
     default:
         LOG_ERROR("rebalance failed err=%s", rd_kafka_err2str(err));
@@ -232,6 +238,9 @@ static rd_kafka_conf_t *build_conf(struct kafka_loop *kl, char *errstr,
         {"enable.auto.commit", "true"},
         {"auto.commit.interval.ms", "1000"},
         {"statistics.interval.ms", "5000"},
+        /* librdkafka prefetches up to 64 MiB per consumer by default; a
+         * batch never needs that much, and pods have memory limits. */
+        {"queued.max.messages.kbytes", "16384"},
         {"enable.partition.eof", "false"},
     };
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
