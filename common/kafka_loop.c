@@ -749,6 +749,7 @@ enum cs_err kafka_loop_run(struct kafka_loop *kl, volatile sig_atomic_t *run)
     commit_stored(kl->rk, "on stop");
     rd_kafka_consumer_close(kl->rk);
     kl->closed = true;
+    alarm(0); /* closed in time: the caller's own cleanup is not bounded */
     LOG_INFO("consumer closed");
     return ok ? CS_ERR_OK : CS_ERR_KAFKA_FATAL;
 }
