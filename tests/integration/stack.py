@@ -799,6 +799,21 @@ class Stack:
         with urllib.request.urlopen(url, data=form, timeout=10) as resp:
             return json.loads(resp.read())["access_token"]
 
+    def start_schema_registry(self):
+        """Starts tests/emulators/schema_registry.py over <source>/schemas
+        on a free port; returns its base URL."""
+        port_file = self._path("registry.port")
+        if os.path.exists(port_file):
+            os.unlink(port_file)
+        argv = [sys.executable,
+                os.path.join(self.source_dir, "tests", "emulators",
+                             "schema_registry.py"),
+                "--port", "0", "--port-file", port_file, "--schemas-dir",
+                os.path.join(self.source_dir, "schemas")]
+        proc = self._start("schema-registry", argv)
+        port = int(self._wait_file(proc, port_file, 30))
+        return "http://127.0.0.1:%d" % port
+
     def dv_admin(self, method, path, body=None):
         """JSON call to the emulator (e.g. dv_admin("GET",
         "/_admin/records/campaignresponses")). Returns the parsed JSON,

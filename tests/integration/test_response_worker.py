@@ -5,12 +5,14 @@ emulator, dead letters with their headers, committed offsets.
 
 Run: python3 tests/integration/test_response_worker.py [scenario ...]
 """
+import json
 import os
 import re
 import signal
 import sys
 import time
 import traceback
+import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -324,6 +326,29 @@ def test_schema_evolution_v2_events():
         st.wait_lag_zero(GROUP, TOPIC, timeout=120)
         assert_exactly(st, expected)
         assert st.consume_all(DLQ) == []
+        w.stop()
+
+
+def test_schema_registry_writer_schemas():
+    """Writer schemas fetched by id from a Schema Registry (v1 and v2
+    producers mixed), each id fetched once and cached."""
+    with Stack() as st:
+        events, expected, _ = base_stack(st, 600, seed=12)
+        url = st.start_schema_registry()
+        for i, e in enumerate(events):
+            if i % 3 == 0:
+                e["__schema_id"] = 2
+                e["device"] = "desktop"
+        cfg = st.worker_config("response", {
+            "avro.schema_registry_url": url, "consumer.batch_max_ms": 50})
+        w = st.start_worker("response", cfg)
+        w.wait_ready(30)
+        st.produce(TOPIC, events)
+        st.wait_lag_zero(GROUP, TOPIC, timeout=120)
+        assert_exactly(st, expected)
+        with urllib.request.urlopen(url + "/_admin/stats") as r:
+            served = json.loads(r.read())["requests"]
+        assert served == 2, "expected one fetch per schema id, got %d" % served
         w.stop()
 
 
