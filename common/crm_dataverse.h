@@ -3,7 +3,8 @@
  *
  * Workers never include this header: they call crm_new() with kind
  * "dataverse". It exists for the factory (crm.c) and for unit tests of the
- * $batch writer and reader, which are pure functions.
+ * $batch writer and reader, which are pure functions. The connector is in
+ * crm_dataverse.c, the $batch writer and reader in crm_batch.c.
  *
  * DESIGN: OAuth2 client credentials (token cached, refreshed at expires_in
  * minus min(300 s, expires_in/10), one refresh-and-retry on 401); writes go
