@@ -130,7 +130,22 @@ static bool in_list(const rd_kafka_topic_partition_list_t *parts,
 static void abandon_items(struct kafka_loop *kl,
                           const rd_kafka_topic_partition_list_t *parts)
 {
-    size_t kept = 0, dropped = 0;
+    size_t kept = 0, dropped = 0, nheld = 0;
+    struct kl_item **held = NULL;
+
+    /* Let the handler drop what it holds for unfinished, decoded items
+     * (e.g. idempotency leases) so the next owner proceeds at once. */
+    if (kl->h.abandon && kl->n)
+        held = malloc(kl->n * sizeof(*held));
+    for (size_t i = 0; held && i < kl->n; i++) {
+        struct kl_item *it = &kl->items[i];
+        if (it->decoded && it->state != KL_FINAL && in_list(parts, it->rkm))
+            held[nheld++] = it;
+    }
+    if (nheld)
+        kl->h.abandon(kl->h.ctx, held, nheld);
+    free(held);
+
     for (size_t i = 0; i < kl->n; i++) {
         if (in_list(parts, kl->items[i].rkm)) {
             item_release(&kl->items[i]);

@@ -81,6 +81,11 @@ struct kl_handler {
     /* Handles items[0..n) (state KL_PENDING, decoded). Must leave each item
      * in DONE, SKIPPED, DUPLICATE, DEAD (with err + reason) or RETRY. */
     void (*process)(void *ctx, struct kl_item **items, size_t n);
+    /* Optional. items[0..n) (decoded, unfinished) will not be finished by
+     * this process: their partitions were revoked or the worker stops.
+     * Release what the handler holds for them (idempotency leases) so
+     * the partitions' next owner is not blocked until the leases end. */
+    void (*abandon)(void *ctx, struct kl_item **items, size_t n);
     /* Are the worker's dependencies reachable? Used for /readyz. */
     bool (*healthy)(void *ctx);
     void *ctx; /* borrowed handler state */

@@ -6,7 +6,7 @@ pkgs=(
   build-essential cmake pkg-config git clang-format
   librdkafka-dev libavro-dev libhiredis-dev libcurl4-openssl-dev
   libjansson-dev libmicrohttpd-dev libcmocka-dev libyaml-dev libxml2-dev
-  libssl-dev redis-server redis-tools kcat curl prometheus
+  libssl-dev openssl redis-server redis-tools kcat curl prometheus
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -2038,6 +2038,8 @@ def main(argv=None):
     ap.add_argument("--window-s", type=float, default=300)
     ap.add_argument("--max-concurrent", type=int, default=0)
     ap.add_argument("--retry-after-s", type=int, default=0)
+    ap.add_argument("--tls-cert", help="serve HTTPS with this PEM cert")
+    ap.add_argument("--tls-key", help="PEM private key for --tls-cert")
     args = ap.parse_args(argv)
 
     clients = {}
@@ -2068,7 +2070,14 @@ def main(argv=None):
     Handler.emu = emu
     srv = Server(("127.0.0.1", args.port), Handler)
     emu.port = srv.server_address[1]
-    emu.base = "http://127.0.0.1:%d" % emu.port
+    scheme = "http"
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        scheme = "https"
+    emu.base = "%s://127.0.0.1:%d" % (scheme, emu.port)
     if args.port_file:
         tmp = args.port_file + ".tmp"
         with open(tmp, "w") as f:

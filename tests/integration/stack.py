@@ -449,6 +449,7 @@ class Stack:
         self.redis_password = None
         self.redis_url = None
         self.dv_url = None
+        self.dv_ca = None
         self.dv_tenant = None
         self.dv_client_id = None
         self.dv_client_secret = None
@@ -755,7 +756,7 @@ class Stack:
 
     def start_dataverse(self, client_id="crmsync-test",
                         client_secret="s3cr3t-test", tenant="tenant-test",
-                        token_ttl=3599, seed=None, extra_args=()):
+                        token_ttl=3599, seed=None, extra_args=(), tls=False):
         """Starts tests/emulators/dataverse_emulator.py on a free port.
         seed: a dict (written to a JSON file) or a path. Returns the base
         URL http://127.0.0.1:<port>."""
@@ -779,9 +780,23 @@ class Stack:
                 seed = seed_path
             argv += ["--seed", seed]
         argv += list(extra_args)
+        scheme = "http"
+        if tls:
+            # A self-signed certificate: workers must reject it unless
+            # told to trust it (crm.ca_file = self.dv_ca).
+            self.dv_ca = self._path("dataverse-cert.pem")
+            key = self._path("dataverse-key.pem")
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                 "-keyout", key, "-out", self.dv_ca, "-days", "2", "-subj",
+                 "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                check=True, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            argv += ["--tls-cert", self.dv_ca, "--tls-key", key]
+            scheme = "https"
         self._dv = self._start("dataverse", argv)
         port = int(self._wait_file(self._dv, port_file, 30))
-        self.dv_url = "http://127.0.0.1:%d" % port
+        self.dv_url = "%s://127.0.0.1:%d" % (scheme, port)
         self.dv_tenant = tenant
         self.dv_client_id = client_id
         self.dv_client_secret = client_secret
@@ -825,8 +840,13 @@ class Stack:
                                      method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        ctx = None
+        if self.dv_url.startswith("https:"):
+            import ssl
+            ctx = ssl.create_default_context(cafile=self.dv_ca)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30,
+                                        context=ctx) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raise RuntimeError("%s %s -> %d %s" % (

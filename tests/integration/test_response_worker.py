@@ -352,6 +352,41 @@ def test_schema_registry_writer_schemas():
         w.stop()
 
 
+def test_tls_verification_on_by_default():
+    """A CRM with a self-signed certificate: by default the worker refuses
+    it (pauses, not ready, nothing written, nothing dead-lettered); with
+    crm.ca_file trusting that certificate everything lands."""
+    with Stack() as st:
+        st.start_kafka()
+        st.start_redis()
+        events, expected = sample_response_events(300, seed=13)
+        st.start_dataverse(seed=seed_for_events(events), tls=True)
+        assert st.dv_url.startswith("https://")
+        strict = st.start_worker("response", st.worker_config(
+            "response", {"consumer.batch_max_ms": 50,
+                         "consumer.retry_backoff_max_ms": 1000}))
+        st.produce(TOPIC, events)
+        st.wait_for(lambda: strict.metric("crmsync_partitions_paused") > 0,
+                    timeout=60, what="worker pausing on an untrusted cert")
+        assert strict._get("/readyz")[0] == 503
+        assert responses(st) == [], "wrote through an unverified TLS peer"
+        assert any("certificate" in (ln.get("msg") or "").lower() or
+                   "ssl" in (ln.get("msg") or "").lower()
+                   for ln in strict.logs()), "no TLS error logged"
+        assert strict.stop() == 0
+        trusting = st.start_worker("response", st.worker_config(
+            "response", {"consumer.batch_max_ms": 50,
+                         "crm.ca_file": st.dv_ca}))
+        # The strict worker released its leases when it stopped: the
+        # next owner must not wait for them (idem.lease_ms is 30 s here).
+        t = time.monotonic()
+        st.wait_lag_zero(GROUP, TOPIC, timeout=120)
+        assert time.monotonic() - t < 25, "blocked by abandoned leases"
+        assert_exactly(st, expected)
+        assert st.consume_all(DLQ) == []
+        trusting.stop()
+
+
 TESTS = [v for k, v in sorted(globals().items()) if k.startswith("test_")]
 
 

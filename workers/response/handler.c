@@ -311,6 +311,36 @@ static void observe_latency(struct response_handler *h, struct work *w,
                 now_s - (double)w[i].ev.occurred_at / 1000.0);
 }
 
+void response_handler_abandon(void *ctx, struct kl_item **items, size_t n)
+{
+    struct response_handler *h = ctx;
+    struct idem_key *keys = calloc(n, sizeof(*keys));
+    char(*bufs)[KEY_MAX] = calloc(n, sizeof(*bufs));
+    size_t k = 0;
+    char errstr[256];
+
+    if (!keys || !bufs)
+        goto out_free;
+    for (size_t i = 0; i < n; i++) {
+        struct response_event ev;
+        if (response_event_read(&items[i]->value, &ev, errstr,
+                                sizeof(errstr)) != CS_ERR_OK ||
+            response_skip_reason(h->rc, &ev))
+            continue;
+        response_effect_key(&ev, tenant_unique(h, ev.tenant), bufs[k],
+                            sizeof(bufs[k]));
+        keys[k].id = bufs[k];
+        keys[k].event_ms = ev.occurred_at;
+        k++;
+    }
+    /* Only our own processing leases are dropped; done markers stay. */
+    if (k && idem_release(h->rt->idem, keys, k, errstr, sizeof(errstr)))
+        LOG_WARN("could not release %zu abandoned claims: %s", k, errstr);
+out_free:
+    free(bufs);
+    free(keys);
+}
+
 void response_handler_process(void *ctx, struct kl_item **items, size_t n)
 {
     struct response_handler *h = ctx;

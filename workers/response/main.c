@@ -54,6 +54,7 @@ int main(int argc, char **argv)
     struct kl_handler kh = {
         .reader_schema = RESPONSE_READER_SCHEMA,
         .process = response_handler_process,
+        .abandon = response_handler_abandon,
         .healthy = response_handler_healthy,
         .ctx = handler,
     };
