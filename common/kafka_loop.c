@@ -459,10 +459,10 @@ static void decode_items(struct kafka_loop *kl)
 
 static void run_handler(struct kafka_loop *kl)
 {
-    struct kl_item **todo = malloc(kl->n * sizeof(*todo));
+    struct kl_item **pending = malloc(kl->n * sizeof(*pending));
     size_t n = 0;
 
-    if (!todo) {
+    if (!pending) {
         for (size_t i = 0; i < kl->n; i++)
             if (kl->items[i].state == KL_PENDING)
                 kl_item_fail(&kl->items[i], KL_RETRY, CS_ERR_NOMEM,
@@ -471,16 +471,16 @@ static void run_handler(struct kafka_loop *kl)
     }
     for (size_t i = 0; i < kl->n; i++)
         if (kl->items[i].state == KL_PENDING)
-            todo[n++] = &kl->items[i];
+            pending[n++] = &kl->items[i];
     if (n)
-        kl->h.process(kl->h.ctx, todo, n);
+        kl->h.process(kl->h.ctx, pending, n);
     for (size_t i = 0; i < n; i++) {
-        todo[i]->attempts++;
-        if (todo[i]->state == KL_PENDING) /* handler bug: never drop */
-            kl_item_fail(todo[i], KL_RETRY, CS_ERR_INVALID_ARG,
+        pending[i]->attempts++;
+        if (pending[i]->state == KL_PENDING) /* handler bug: never drop */
+            kl_item_fail(pending[i], KL_RETRY, CS_ERR_INVALID_ARG,
                          "handler left the item unhandled");
     }
-    free(todo);
+    free(pending);
 }
 
 static const char *event_id_of(struct kl_item *it)
