@@ -602,7 +602,10 @@ class Stack:
             raise RuntimeError("kcat exited %d: %s" % (
                 r.returncode, r.stderr.decode("utf-8", "replace")[-2000:]))
         out = []
-        for line in r.stdout.decode("utf-8", "surrogateescape").splitlines():
+        # Split on b"\n" only: str.splitlines() would also break lines at
+        # \x1c-\x1e and \x85, which kcat leaves raw inside payloads.
+        for raw in r.stdout.split(b"\n"):
+            line = raw.decode("utf-8", "surrogateescape")
             if not line.strip():
                 continue
             m = json.loads(line)

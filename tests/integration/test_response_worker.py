@@ -156,6 +156,40 @@ def test_unique_mode_per_tenant():
         w.stop()
 
 
+def test_crm_rejections_dead_letter():
+    """Records the CRM rejects (campaign or contact unknown: 404) go to the
+    DLQ with the CRM's reason; every other event still lands."""
+    with Stack() as st:
+        events, expected, cfg = base_stack(st, 500, seed=14)
+        ghost_campaign = str(uuid.uuid4())
+        ghost_contact = str(uuid.uuid4())
+        bad = [dict(events[0], event_id="bad-campaign", crm_campaign_id=
+                    ghost_campaign, from_copied_list=False),
+               dict(events[1], event_id="bad-contact", crm_campaign_id=
+                    events[2]["crm_campaign_id"] or ghost_campaign,
+                    from_copied_list=False,
+                    recipient={"entity_type": "contact",
+                               "entity_id": ghost_contact, "email": None},
+                    __key="contact:" + ghost_contact)]
+        if not bad[1]["crm_campaign_id"] or bad[1]["crm_campaign_id"] == \
+                ghost_campaign:
+            bad[1]["crm_campaign_id"] = next(
+                e["crm_campaign_id"] for e in events if e["crm_campaign_id"])
+        w = st.start_worker("response", cfg)
+        w.wait_ready(30)
+        st.produce(TOPIC, events[:250] + bad + events[250:])
+        st.wait_lag_zero(GROUP, TOPIC, timeout=120)
+        assert_exactly(st, expected)
+        dead = st.consume_all(DLQ)
+        assert len(dead) == 2, [d["headers"] for d in dead]
+        for d in dead:
+            h = d["headers"]
+            assert h["crmsync.error.class"] == "CRM_REJECTED", h
+            assert "404" in h["crmsync.error.message"], h
+            assert "Does Not Exist" in h["crmsync.error.message"], h
+        w.stop()
+
+
 def test_redis_outage_pauses_and_resumes():
     """Redis stopped mid-run: work pauses (not ready, nothing lost) and
     completes after Redis is back."""
