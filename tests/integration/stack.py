@@ -201,7 +201,7 @@ class WorkerProc:
                 data = f.read().decode("utf-8", "replace")
         except OSError:
             return out
-        for line in data.splitlines():
+        for line in data.split("\n"):  # JSON lines end in \n only
             line = line.strip()
             if not line:
                 continue
