@@ -13,43 +13,28 @@
  * UTC day, claimed and marked done in batches of 1000. The default
  * buckets_per_day is ceil(N / per-bucket), i.e. the sizing rule of idem.h.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
 #include "common/idem.h"
+#include "tests/support/redis_server.h"
 
-#define BATCH  1000
-#define ID_LEN 37 /* 36-char UUID text + NUL */
+#define BATCH            1000
+#define ID_LEN           37   /* 36-char UUID text + NUL */
+#define ADMIN_TIMEOUT_MS 5000 /* connect timeout of admin connections */
 
 struct bench_opts {
     const char *url; /* borrowed from argv, NULL = own redis-server */
     long n;          /* ids to remember */
     long buckets;    /* buckets_per_day, 0 = n / per_bucket */
     long per_bucket; /* target mean fields per bucket */
-};
-
-/* Where the admin connection goes (parsed from the URL). */
-struct target {
-    char host[256];
-    int port;
-    char user[128];     /* empty = none */
-    char password[256]; /* empty = none; never printed */
-    int db;
 };
 
 static void usage(FILE *f)
@@ -75,7 +60,7 @@ static bool parse_long(const char *s, long min, long max, long *out)
 
 /* redis://[[user]:password@]host[:port][/db] without %-decoding: enough for
  * the admin connection of a benchmark. */
-static bool parse_target(const char *url, struct target *t)
+static bool parse_target(const char *url, struct redis_server *t)
 {
     const char *rest;
     const char *at;
@@ -84,8 +69,9 @@ static bool parse_target(const char *url, struct target *t)
     size_t hlen;
     long v;
 
-    memset(t, 0, sizeof(*t));
+    memset(t, 0, sizeof(*t)); /* pid 0: external, never stopped by us */
     t->port = 6379;
+    t->timeout_ms = ADMIN_TIMEOUT_MS;
     if (strncmp(url, "redis://", 8) != 0)
         return false;
     rest = url + 8;
@@ -120,102 +106,6 @@ static bool parse_target(const char *url, struct target *t)
     return t->host[0] != '\0';
 }
 
-static int free_port(void)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port = -1;
-
-    if (fd < 0)
-        return -1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* Admin connection; caller frees with redisFree. NULL when unreachable. */
-static redisContext *admin_connect(const struct target *t)
-{
-    struct timeval tv = {5, 0};
-    redisContext *c = redisConnectWithTimeout(t->host, t->port, tv);
-    redisReply *r = NULL;
-
-    if (!c || c->err)
-        goto out_free_ctx;
-    if (t->password[0]) {
-        if (t->user[0])
-            r = redisCommand(c, "AUTH %s %s", t->user, t->password);
-        else
-            r = redisCommand(c, "AUTH %s", t->password);
-        if (!r || r->type == REDIS_REPLY_ERROR)
-            goto out_free_reply;
-        freeReplyObject(r);
-    }
-    if (t->db > 0) {
-        r = redisCommand(c, "SELECT %d", t->db);
-        if (!r || r->type == REDIS_REPLY_ERROR)
-            goto out_free_reply;
-        freeReplyObject(r);
-    }
-    return c;
-
-out_free_reply:
-    if (r)
-        freeReplyObject(r);
-out_free_ctx:
-    if (c)
-        redisFree(c);
-    return NULL;
-}
-
-/* Starts redis-server on t->port; returns its pid or -1. The child dies
- * with us (PR_SET_PDEATHSIG) so an interrupted run leaves nothing behind. */
-static pid_t redis_start(const struct target *t)
-{
-    char port[16];
-    pid_t pid;
-
-    snprintf(port, sizeof(port), "%d", t->port);
-    pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (devnull >= 0) {
-            dup2(devnull, STDOUT_FILENO);
-            dup2(devnull, STDERR_FILENO);
-        }
-        execlp("redis-server", "redis-server", "--port", port, "--bind",
-               "127.0.0.1", "--save", "", "--appendonly", "no", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 200; i++) {
-        redisContext *c = admin_connect(t);
-        if (c) {
-            redisFree(c);
-            return pid;
-        }
-        sleep_ms(25);
-    }
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
-    return -1;
-}
-
 static bool admin_simple(redisContext *c, const char *cmd)
 {
     redisReply *r = redisCommand(c, cmd);
@@ -247,7 +137,7 @@ static long long baseline(redisContext *c)
 {
     if (!admin_simple(c, "FLUSHALL SYNC"))
         return -1;
-    sleep_ms(200);
+    rs_sleep_ms(200);
     return used_memory(c);
 }
 
@@ -377,7 +267,7 @@ static int run_idem(const struct bench_opts *bo, const char *url,
     clock_gettime(CLOCK_MONOTONIC, &t1);
     idem_free(idem); /* drop its client buffers before measuring */
     idem = NULL;
-    sleep_ms(200);
+    rs_sleep_ms(200);
     m1 = used_memory(admin);
     overflow = count_hashtable_buckets(admin);
     printf("idem layout: %ld ids, %.1f bytes/id (used_memory delta), "
@@ -397,9 +287,9 @@ out_free:
 }
 
 static int run_plain(const struct bench_opts *bo, redisContext *admin,
-                     const struct target *t)
+                     const struct redis_server *t)
 {
-    redisContext *c = admin_connect(t);
+    redisContext *c = rs_connect(t);
     uint64_t seed = 42;
     long long m0 = baseline(admin);
     long long m1;
@@ -432,7 +322,7 @@ static int run_plain(const struct bench_opts *bo, redisContext *admin,
         done += k;
     }
     redisFree(c);
-    sleep_ms(200);
+    rs_sleep_ms(200);
     m1 = used_memory(admin);
     printf("plain SET: %.1f bytes/id (key \"cs:idem:plain:<uuid>\", "
            "%ld ids)\n",
@@ -443,9 +333,8 @@ static int run_plain(const struct bench_opts *bo, redisContext *admin,
 int main(int argc, char **argv)
 {
     struct bench_opts bo = {NULL, 1000000, 0, 80};
-    struct target t;
+    struct redis_server t;
     char url[320];
-    pid_t pid = -1;
     redisContext *admin = NULL;
     int rc = 1;
 
@@ -479,17 +368,13 @@ int main(int argc, char **argv)
         }
         snprintf(url, sizeof(url), "%s", bo.url);
     } else {
-        memset(&t, 0, sizeof(t));
-        snprintf(t.host, sizeof(t.host), "127.0.0.1");
-        t.port = free_port();
-        pid = t.port > 0 ? redis_start(&t) : -1;
-        if (pid < 0) {
+        if (!rs_init_local(&t, NULL, ADMIN_TIMEOUT_MS) || !rs_start(&t)) {
             fprintf(stderr, "cannot start redis-server\n");
             return 1;
         }
         snprintf(url, sizeof(url), "redis://127.0.0.1:%d", t.port);
     }
-    admin = admin_connect(&t);
+    admin = rs_connect(&t);
     if (!admin) {
         fprintf(stderr, "cannot connect to redis %s:%d\n", t.host, t.port);
         goto out_stop;
@@ -504,10 +389,7 @@ int main(int argc, char **argv)
 out_free_admin:
     redisFree(admin);
 out_stop:
-    if (pid > 0) {
-        kill(pid, SIGTERM);
-        waitpid(pid, NULL, 0);
-    }
+    rs_stop(&t, SIGTERM); /* no-op for an external --redis-url server */
     return rc;
 
 out_usage:

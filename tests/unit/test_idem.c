@@ -1,9 +1,9 @@
 /*
  * test_idem - idem against a real redis-server started on a free port.
  *
- * Each group starts its own redis-server (fork/exec, --save "" and no AOF)
- * and kills it in teardown; tests that need a password or a Redis that goes
- * away start their own instance.
+ * Each group starts its own redis-server (tests/support/redis_server.h:
+ * fork/exec, --save "" and no AOF) and kills it in teardown; tests that need
+ * a password or a Redis that goes away start their own instance.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,142 +12,34 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
 #include "common/idem.h"
+#include "tests/support/redis_server.h"
 
-struct redis_proc {
-    pid_t pid; /* redis-server child, 0 when not running */
-    int port;
-    const char *password; /* borrowed string literal or NULL */
-};
+#define ADMIN_TIMEOUT_MS 1000 /* connect timeout of admin connections */
 
 struct fixture {
-    struct redis_proc redis; /* the group's server */
+    struct redis_server redis; /* the group's server */
 };
 
-static int free_port(void)
+/* A local server description on a free port; fails the test if none. */
+static void redis_init(struct redis_server *rs, const char *password)
 {
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port;
-
-    assert_true(fd >= 0);
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = 0;
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
+    assert_true(rs_init_local(rs, password, ADMIN_TIMEOUT_MS));
 }
 
-static void sleep_ms(long ms)
+/* rs_start or fail the test. */
+static void redis_start(struct redis_server *rs)
 {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* Admin connection (AUTH if the server has a password); caller frees. */
-static redisContext *admin_connect(const struct redis_proc *rp)
-{
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", rp->port, tv);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return NULL;
-    }
-    if (rp->password) {
-        redisReply *r = redisCommand(c, "AUTH %s", rp->password);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            if (r)
-                freeReplyObject(r);
-            redisFree(c);
-            return NULL;
-        }
-        freeReplyObject(r);
-    }
-    return c;
-}
-
-static bool redis_answers(const struct redis_proc *rp)
-{
-    redisContext *c = admin_connect(rp);
-    redisReply *r;
-    bool ok;
-
-    if (!c)
-        return false;
-    r = redisCommand(c, "PING");
-    ok = r && r->type == REDIS_REPLY_STATUS;
-    if (r)
-        freeReplyObject(r);
-    redisFree(c);
-    return ok;
-}
-
-static void redis_start(struct redis_proc *rp)
-{
-    char port[16];
-    pid_t pid;
-
-    snprintf(port, sizeof(port), "%d", rp->port);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        /* Die with the test binary even if it crashes before teardown. */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (devnull >= 0) {
-            dup2(devnull, STDOUT_FILENO);
-            dup2(devnull, STDERR_FILENO);
-        }
-        if (rp->password)
-            execlp("redis-server", "redis-server", "--port", port, "--bind",
-                   "127.0.0.1", "--save", "", "--appendonly", "no",
-                   "--requirepass", rp->password, (char *)NULL);
-        else
-            execlp("redis-server", "redis-server", "--port", port, "--bind",
-                   "127.0.0.1", "--save", "", "--appendonly", "no",
-                   (char *)NULL);
-        _exit(127);
-    }
-    rp->pid = pid;
-    for (int i = 0; i < 200; i++) {
-        if (redis_answers(rp))
-            return;
-        sleep_ms(25);
-    }
-    fail_msg("redis-server did not answer on port %d", rp->port);
-}
-
-static void redis_stop(struct redis_proc *rp, int sig)
-{
-    if (rp->pid <= 0)
-        return;
-    kill(rp->pid, sig);
-    waitpid(rp->pid, NULL, 0);
-    rp->pid = 0;
+    if (!rs_start(rs))
+        fail_msg("redis-server did not answer on port %d", rs->port);
 }
 
 static int group_setup(void **state)
@@ -156,7 +48,7 @@ static int group_setup(void **state)
 
     if (!fx)
         return -1;
-    fx->redis.port = free_port();
+    redis_init(&fx->redis, NULL);
     redis_start(&fx->redis);
     *state = fx;
     return 0;
@@ -166,7 +58,7 @@ static int group_teardown(void **state)
 {
     struct fixture *fx = *state;
 
-    redis_stop(&fx->redis, SIGTERM);
+    rs_stop(&fx->redis, SIGTERM);
     free(fx);
     return 0;
 }
@@ -175,7 +67,7 @@ static int group_teardown(void **state)
 static int test_setup(void **state)
 {
     struct fixture *fx = *state;
-    redisContext *c = admin_connect(&fx->redis);
+    redisContext *c = rs_connect(&fx->redis);
     redisReply *r;
 
     if (!c)
@@ -269,10 +161,10 @@ static void release1(struct idem *idem, const char *id)
 }
 
 /* Runs a command on an admin connection; caller frees the reply. */
-static redisReply *admin_cmd(const struct redis_proc *rp, const char *cmd,
+static redisReply *admin_cmd(const struct redis_server *rp, const char *cmd,
                              const char *arg)
 {
-    redisContext *c = admin_connect(rp);
+    redisContext *c = rs_connect(rp);
     redisReply *r;
 
     assert_non_null(c);
@@ -329,7 +221,7 @@ static void test_lease_expiry_takeover(void **state)
     done1(a, "evt-anchor");
     assert_int_equal(claim1(a, "evt-lease"), IDEM_CLAIMED);
     assert_int_equal(claim1(b, "evt-lease"), IDEM_IN_FLIGHT);
-    sleep_ms(450);
+    rs_sleep_ms(450);
     assert_int_equal(claim1(b, "evt-lease"), IDEM_CLAIMED);
     /* Now b holds it: a (whose lease lapsed) is locked out ... */
     assert_int_equal(claim1(a, "evt-lease"), IDEM_IN_FLIGHT);
@@ -417,10 +309,10 @@ static void test_repeated_id_in_batch(void **state)
 
 /* Sums HLEN over the namespace's buckets and checks each bucket's TTL lies
  * in [min_ttl, max_ttl] seconds. Returns the number of fields. */
-static long long check_buckets(const struct redis_proc *rp, long long min_ttl,
+static long long check_buckets(const struct redis_server *rp, long long min_ttl,
                                long long max_ttl, size_t *nkeys)
 {
-    redisContext *c = admin_connect(rp);
+    redisContext *c = rs_connect(rp);
     redisReply *keys;
     long long fields = 0;
 
@@ -486,7 +378,7 @@ static void test_bucket_ttl(void **state)
         assert_string_equal(h->element[1]->str, "d");
         freeReplyObject(h);
         {
-            redisContext *c = admin_connect(&fx->redis);
+            redisContext *c = rs_connect(&fx->redis);
             assert_non_null(c);
             h = redisCommand(c, "OBJECT ENCODING %s", r->element[0]->str);
             assert_non_null(h);
@@ -513,13 +405,14 @@ static void test_bucket_ttl(void **state)
 static void test_password_auth(void **state)
 {
     (void)state;
-    struct redis_proc rp = {0, free_port(), "s3cret-Pw!"};
+    struct redis_server rp;
     char url[128];
     char errstr[256] = "";
     struct idem *a;
     struct idem_key k = {"evt-auth", now_ms()};
     enum idem_state st = (enum idem_state) - 1;
 
+    redis_init(&rp, "s3cret-Pw!");
     redis_start(&rp);
 
     snprintf(url, sizeof(url), "redis://:s3cret-Pw%%21@127.0.0.1:%d/2",
@@ -556,7 +449,7 @@ static void test_password_auth(void **state)
                      CS_ERR_REDIS_UNAVAILABLE);
     idem_free(a);
 
-    redis_stop(&rp, SIGTERM);
+    rs_stop(&rp, SIGTERM);
 }
 
 static void test_bad_options(void **state)
@@ -619,19 +512,20 @@ static void test_bad_options(void **state)
 static void test_redis_down_reconnect(void **state)
 {
     (void)state;
-    struct redis_proc rp = {0, free_port(), NULL};
+    struct redis_server rp;
     char url[64];
     char errstr[256] = "";
     struct idem *a;
     struct idem_key k = {"evt-down", now_ms()};
     enum idem_state st;
 
+    redis_init(&rp, NULL);
     redis_start(&rp);
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rp.port);
     a = open_idem_url(url, "owner-a", 30000);
     assert_int_equal(claim1(a, "evt-down"), IDEM_CLAIMED);
 
-    redis_stop(&rp, SIGKILL);
+    rs_stop(&rp, SIGKILL);
     st = (enum idem_state) - 1;
     assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_REDIS_UNAVAILABLE);
@@ -653,7 +547,7 @@ static void test_redis_down_reconnect(void **state)
 
     /* Restart while idle: the stale connection is replaced within the
      * same call, no error surfaces. */
-    redis_stop(&rp, SIGKILL);
+    rs_stop(&rp, SIGKILL);
     redis_start(&rp);
     assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_OK);
@@ -684,11 +578,11 @@ static void test_redis_down_reconnect(void **state)
     }
 
     idem_free(a);
-    redis_stop(&rp, SIGTERM);
+    rs_stop(&rp, SIGTERM);
 }
 
 /* calls of one command in INFO commandstats, e.g. "evalsha". */
-static long long cmd_calls(const struct redis_proc *rp, const char *cmd)
+static long long cmd_calls(const struct redis_server *rp, const char *cmd)
 {
     redisReply *r = admin_cmd(rp, "INFO", "commandstats");
     char needle[64];
