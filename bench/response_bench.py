@@ -108,8 +108,11 @@ def main():
                partitions=a.partitions) as st:
         st.start_kafka()
         st.start_redis()
+        # Current event times: markers of events older than idem.ttl_days
+        # expire after one lease, which would hide their memory.
         events, expected = sample_response_events(
-            a.events, dup_rate=0.05, recipients=5000, seed=9)
+            a.events, dup_rate=0.05, recipients=5000, seed=9,
+            start_ms=int(time.time() * 1000) - 2 * 86400 * 1000)
         # Phase-2 events: same recipients and campaigns, new event ids.
         lat_events = []
         for i, e in enumerate(events[:a.latency_events]):

@@ -33,23 +33,58 @@
  * binary safe, so the 8 raw field bytes pass through unchanged.
  * ---------------------------------------------------------------------- */
 
-/* ARGV[1] owner, ARGV[2] lease_ms, ARGV[2+i] field of KEYS[i].
- * Returns one character per key: '0' claimed, '1' duplicate, '2' in flight
- * (a single bulk string keeps the reply small for 10k ids). */
-static const char claim_lua[] =
+/*
+ * The one script every call runs (EVALSHA), so a batch costs one round trip
+ * however many of its three steps it needs, in this order:
+ *  1. done:    KEYS[1..nd]      field + expire-at (unix s: end of the
+ *              event's day + ttl_days, never below now + lease) each;
+ *  2. release: KEYS[nd+1..nd+nr] field each; deleted only while it is still
+ *              our own processing claim;
+ *  3. claim:   the remaining KEYS, field each.
+ * ARGV[1] owner, ARGV[2] lease_ms, ARGV[3] nd, ARGV[4] nr, then the
+ * per-key arguments in KEYS order. Returns one character per claim key:
+ * '0' claimed, '1' duplicate, '2' in flight (a single bulk string keeps the
+ * reply small for 10k ids); "" when nothing was claimed.
+ */
+static const char idem_lua[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local owner = ARGV[1]\n"
     "local lease = tonumber(ARGV[2])\n"
+    "local nd = tonumber(ARGV[3])\n"
+    "local nr = tonumber(ARGV[4])\n"
+    "local min_at = tonumber(t[1]) + math.ceil(lease / 1000)\n"
+    "local a = 5\n"
+    "local expiring = {}\n"
+    "for i = 1, nd do\n"
+    "  local k = KEYS[i]\n"
+    "  redis.call('HSET', k, ARGV[a], 'd')\n"
+    "  if not expiring[k] then\n"
+    "    expiring[k] = true\n"
+    "    local at = tonumber(ARGV[a + 1])\n"
+    "    if at < min_at then at = min_at end\n"
+    "    redis.call('EXPIREAT', k, at)\n"
+    "  end\n"
+    "  a = a + 2\n"
+    "end\n"
+    "for i = nd + 1, nd + nr do\n"
+    "  local k = KEYS[i]\n"
+    "  local v = redis.call('HGET', k, ARGV[a])\n"
+    "  if v and v ~= 'd' and string.match(v, '^p(.*):%d+$') == owner then\n"
+    "    redis.call('HDEL', k, ARGV[a])\n"
+    "  end\n"
+    "  a = a + 1\n"
+    "end\n"
     "local mine = 'p' .. owner .. ':' .. string.format('%d', now + lease)\n"
     "local out = {}\n"
     "local seen = {}\n"
     "local touched = {}\n"
-    "for i = 1, #KEYS do\n"
+    "for i = nd + nr + 1, #KEYS do\n"
     "  local k = KEYS[i]\n"
-    "  local f = ARGV[2 + i]\n"
+    "  local f = ARGV[a]\n"
     "  local sk = k .. '\\0' .. f\n"
     "  local st = '1'\n"
+    "  a = a + 1\n"
     "  if not seen[sk] then\n"
     "    seen[sk] = true\n"
     "    local v = redis.call('HGET', k, f)\n"
@@ -73,71 +108,27 @@ static const char claim_lua[] =
     "      end\n"
     "    end\n"
     "  end\n"
-    "  out[i] = st\n"
+    "  out[#out + 1] = st\n"
     "end\n"
     "return table.concat(out)\n";
 
-/* ARGV[1] lease_ms, then per key i: ARGV[2i] field, ARGV[2i+1] expire-at
- * (unix seconds: end of the event's day + ttl_days). The expiry is never set
- * below now + lease so a late mark_done of an old event does not delete the
- * bucket at once. Returns the number of keys. */
-static const char done_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local lease_s = math.ceil(tonumber(ARGV[1]) / 1000)\n"
-    "local min_at = tonumber(t[1]) + lease_s\n"
-    "local touched = {}\n"
-    "for i = 1, #KEYS do\n"
-    "  local k = KEYS[i]\n"
-    "  redis.call('HSET', k, ARGV[2 * i], 'd')\n"
-    "  if not touched[k] then\n"
-    "    touched[k] = true\n"
-    "    local at = tonumber(ARGV[2 * i + 1])\n"
-    "    if at < min_at then at = min_at end\n"
-    "    redis.call('EXPIREAT', k, at)\n"
-    "  end\n"
-    "end\n"
-    "return #KEYS\n";
-
-/* ARGV[1] owner, ARGV[1+i] field of KEYS[i]. Deletes the field only while it
- * is still our processing claim. Returns the number of fields deleted. */
-static const char release_lua[] =
-    "local owner = ARGV[1]\n"
-    "local n = 0\n"
-    "for i = 1, #KEYS do\n"
-    "  local k = KEYS[i]\n"
-    "  local f = ARGV[1 + i]\n"
-    "  local v = redis.call('HGET', k, f)\n"
-    "  if v and v ~= 'd' then\n"
-    "    local o = string.match(v, '^p(.*):%d+$')\n"
-    "    if o == owner then\n"
-    "      n = n + redis.call('HDEL', k, f)\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "return n\n";
-
-enum idem_script { SCRIPT_CLAIM = 0, SCRIPT_DONE, SCRIPT_RELEASE, SCRIPT__N };
-
-static const char *const script_body[SCRIPT__N] = {claim_lua, done_lua,
-                                                   release_lua};
-
 struct idem {
-    redisContext *rc;       /* NULL while disconnected */
-    bool rc_fresh;          /* rc was opened during the current call */
-    bool cached[SCRIPT__N]; /* script known to be in this server's cache */
-    char *host;             /* owned */
-    int port;               /* TCP port */
-    char *user;             /* owned, NULL = AUTH without user */
-    char *password;         /* owned, NULL = no AUTH; never printed */
-    int db;                 /* SELECT db when > 0 */
-    struct timeval tv;      /* connect + command timeout */
+    redisContext *rc;               /* NULL while disconnected */
+    bool rc_fresh;                  /* rc was opened during the current call */
+    bool cached;                    /* the script is in this server's cache */
+    char *host;                     /* owned */
+    int port;                       /* TCP port */
+    char *user;                     /* owned, NULL = AUTH without user */
+    char *password;                 /* owned, NULL = no AUTH; never printed */
+    int db;                         /* SELECT db when > 0 */
+    struct timeval tv;              /* connect + command timeout */
     char prefix[IDEM_NS_MAX + 16];  /* "cs:idem:<ns>" */
     char owner[IDEM_OWNER_MAX + 1]; /* lease owner token */
     char lease_str[IDEM_NUM_MAX];   /* lease_ms in decimal */
-    int ttl_days;            /* done markers live until day end + ttl_days */
-    int buckets;             /* buckets_per_day */
-    int lease_ms;            /* processing lease */
-    char sha[SCRIPT__N][41]; /* hex SHA-1 of each script body */
+    int ttl_days; /* done markers live until day end + ttl_days */
+    int buckets;  /* buckets_per_day */
+    int lease_ms; /* processing lease */
+    char sha[41]; /* hex SHA-1 of the script body */
     unsigned long long round_trips; /* exchanges with Redis so far */
 };
 
@@ -393,8 +384,7 @@ struct idem *idem_new(const struct idem_opts *opts, char *errstr,
     idem->ttl_days = opts->ttl_days;
     idem->buckets = opts->buckets_per_day;
     idem->lease_ms = opts->lease_ms;
-    for (int s = 0; s < SCRIPT__N; s++)
-        script_sha(script_body[s], idem->sha[s]);
+    script_sha(idem_lua, idem->sha);
 
     /* Best effort: a Redis that is down now is not a configuration error. */
     (void)idem_ping(idem);
@@ -596,8 +586,7 @@ static enum cs_err ensure_connected(struct idem *idem, char *errstr,
     }
     (void)redisEnableKeepAlive(idem->rc);
     idem->rc_fresh = true;
-    for (int s = 0; s < SCRIPT__N; s++)
-        idem->cached[s] = false;
+    idem->cached = false;
     err = handshake(idem, errstr, errstr_size);
     if (err != CS_ERR_OK)
         drop_connection(idem);
@@ -714,15 +703,27 @@ const char *idem_owner(const struct idem *idem)
  * ---------------------------------------------------------------------- */
 
 /* Arguments of one script call: argv[0..2] = EVAL(SHA), script, numkeys;
- * then n keys; then the script's head arguments; then per-key arguments. */
+ * then the keys; then owner, lease, nd, nr; then per-key arguments. */
 struct batch {
     int argc;
     const char **argv;     /* owned */
     size_t *argvlen;       /* owned */
     char *keys;            /* owned, n * IDEM_KEY_MAX */
     unsigned char *fields; /* owned, n * IDEM_FIELD_LEN */
-    char *nums;            /* owned, n * IDEM_NUM_MAX (expire-at seconds) */
+    char *nums;            /* owned, nd * IDEM_NUM_MAX (expire-at seconds) */
     char numkeys[IDEM_NUM_MAX];
+    char nd[IDEM_NUM_MAX];
+    char nr[IDEM_NUM_MAX];
+};
+
+/* The three steps of one call (see idem_lua). */
+struct steps {
+    const struct idem_key *done;
+    size_t nd;
+    const struct idem_key *release;
+    size_t nr;
+    const struct idem_key *claim;
+    size_t nc;
 };
 
 static void batch_free(struct batch *b)
@@ -760,14 +761,23 @@ static size_t key_encode(const struct idem *idem, const struct idem_key *k,
     return (size_t)len;
 }
 
-static enum cs_err batch_build(const struct idem *idem, enum idem_script s,
-                               const struct idem_key *keys, size_t n,
+/* Key i of the call, in KEYS order: done, then release, then claim. */
+static const struct idem_key *step_key(const struct steps *st, size_t i)
+{
+    if (i < st->nd)
+        return &st->done[i];
+    i -= st->nd;
+    if (i < st->nr)
+        return &st->release[i];
+    return &st->claim[i - st->nr];
+}
+
+static enum cs_err batch_build(const struct idem *idem, const struct steps *st,
                                struct batch *b, char *errstr,
                                size_t errstr_size)
 {
-    size_t head = s == SCRIPT_CLAIM ? 2 : 1; /* owner+lease / lease / owner */
-    size_t per_key = s == SCRIPT_DONE ? 2 : 1;
-    size_t argc = 3 + n + head + per_key * n;
+    size_t n = st->nd + st->nr + st->nc;
+    size_t argc = 3 + n + 4 + n + st->nd;
     size_t a;
 
     memset(b, 0, sizeof(*b));
@@ -777,7 +787,7 @@ static enum cs_err batch_build(const struct idem *idem, enum idem_script s,
         return CS_ERR_INVALID_ARG;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!keys[i].id) {
+        if (!step_key(st, i)->id) {
             snprintf(errstr, errstr_size, "key %zu has no id", i);
             return CS_ERR_INVALID_ARG;
         }
@@ -786,10 +796,8 @@ static enum cs_err batch_build(const struct idem *idem, enum idem_script s,
     b->argvlen = malloc(argc * sizeof(*b->argvlen));
     b->keys = malloc(n * IDEM_KEY_MAX);
     b->fields = malloc(n * IDEM_FIELD_LEN);
-    if (s == SCRIPT_DONE)
-        b->nums = malloc(n * IDEM_NUM_MAX);
-    if (!b->argv || !b->argvlen || !b->keys || !b->fields ||
-        (s == SCRIPT_DONE && !b->nums)) {
+    b->nums = malloc((st->nd ? st->nd : 1) * IDEM_NUM_MAX);
+    if (!b->argv || !b->argvlen || !b->keys || !b->fields || !b->nums) {
         batch_free(b);
         snprintf(errstr, errstr_size, "out of memory");
         return CS_ERR_NOMEM;
@@ -797,27 +805,29 @@ static enum cs_err batch_build(const struct idem *idem, enum idem_script s,
     b->argc = (int)argc;
 
     snprintf(b->numkeys, sizeof(b->numkeys), "%zu", n);
+    snprintf(b->nd, sizeof(b->nd), "%zu", st->nd);
+    snprintf(b->nr, sizeof(b->nr), "%zu", st->nr);
     b->argv[2] = b->numkeys;
     b->argvlen[2] = strlen(b->numkeys);
     a = 3 + n;
-    if (s != SCRIPT_DONE) {
-        b->argv[a] = idem->owner;
-        b->argvlen[a++] = strlen(idem->owner);
-    }
-    if (s != SCRIPT_RELEASE) {
-        b->argv[a] = idem->lease_str;
-        b->argvlen[a++] = strlen(idem->lease_str);
-    }
+    b->argv[a] = idem->owner;
+    b->argvlen[a++] = strlen(idem->owner);
+    b->argv[a] = idem->lease_str;
+    b->argvlen[a++] = strlen(idem->lease_str);
+    b->argv[a] = b->nd;
+    b->argvlen[a++] = strlen(b->nd);
+    b->argv[a] = b->nr;
+    b->argvlen[a++] = strlen(b->nr);
     for (size_t i = 0; i < n; i++) {
         char *key = b->keys + i * IDEM_KEY_MAX;
         unsigned char *field = b->fields + i * IDEM_FIELD_LEN;
         int64_t day;
 
         b->argv[3 + i] = key;
-        b->argvlen[3 + i] = key_encode(idem, &keys[i], key, field, &day);
+        b->argvlen[3 + i] = key_encode(idem, step_key(st, i), key, field, &day);
         b->argv[a] = (const char *)field;
         b->argvlen[a++] = IDEM_FIELD_LEN;
-        if (s == SCRIPT_DONE) {
+        if (i < st->nd) {
             char *num = b->nums + i * IDEM_NUM_MAX;
             long long at = ((long long)day + 1 + idem->ttl_days) * S_PER_DAY;
             b->argv[a] = num;
@@ -827,21 +837,21 @@ static enum cs_err batch_build(const struct idem *idem, enum idem_script s,
     return CS_ERR_OK;
 }
 
-/* Runs script s with the batch's arguments: EVALSHA once this connection
+/* Runs the script with the batch's arguments: EVALSHA once this connection
  * has seen the script, EVAL before and on NOSCRIPT. On success *out is a
  * non-error reply the caller frees with freeReplyObject. */
-static enum cs_err run_script(struct idem *idem, enum idem_script s,
-                              struct batch *b, redisReply **out, char *errstr,
+static enum cs_err run_script(struct idem *idem, struct batch *b,
+                              redisReply **out, char *errstr,
                               size_t errstr_size)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
-        bool by_sha = idem->rc && idem->cached[s];
+        bool by_sha = idem->rc && idem->cached;
         redisReply *r = NULL;
         enum cs_err err;
 
         b->argv[0] = by_sha ? "EVALSHA" : "EVAL";
         b->argvlen[0] = strlen(b->argv[0]);
-        b->argv[1] = by_sha ? idem->sha[s] : script_body[s];
+        b->argv[1] = by_sha ? idem->sha : idem_lua;
         b->argvlen[1] = strlen(b->argv[1]);
         err = exec_argv(idem, b->argc, b->argv, b->argvlen, &r, errstr,
                         errstr_size);
@@ -852,7 +862,7 @@ static enum cs_err run_script(struct idem *idem, enum idem_script s,
             /* Script cache flushed (SCRIPT FLUSH, restart, failover). */
             freeReplyObject(r);
             if (idem->rc)
-                idem->cached[s] = false;
+                idem->cached = false;
             continue;
         }
         if (r->type == REDIS_REPLY_ERROR) {
@@ -863,7 +873,7 @@ static enum cs_err run_script(struct idem *idem, enum idem_script s,
         /* exec_argv may have reconnected; either way the script now sits
          * in the cache of the server this connection talks to. */
         if (idem->rc)
-            idem->cached[s] = true;
+            idem->cached = true;
         *out = r;
         return CS_ERR_OK;
     }
@@ -872,52 +882,43 @@ static enum cs_err run_script(struct idem *idem, enum idem_script s,
     return CS_ERR_REDIS_PROTOCOL;
 }
 
-/* Builds the batch for script s over keys[0..n) and runs it. On success
- * *out is a non-error reply the caller frees with freeReplyObject. */
-static enum cs_err script_call(struct idem *idem, enum idem_script s,
-                               const struct idem_key *keys, size_t n,
-                               redisReply **out, char *errstr,
-                               size_t errstr_size)
+enum cs_err idem_settle_claim(struct idem *idem, const struct idem_key *done,
+                              size_t nd, const struct idem_key *release,
+                              size_t nr, const struct idem_key *claim,
+                              size_t nc, enum idem_state *out, char *errstr,
+                              size_t errstr_size)
 {
+    struct steps st = {done, nd, release, nr, claim, nc};
     struct batch b;
-    enum cs_err err;
-
-    err = batch_build(idem, s, keys, n, &b, errstr, errstr_size);
-    if (err != CS_ERR_OK)
-        return err;
-    err = run_script(idem, s, &b, out, errstr, errstr_size);
-    batch_free(&b);
-    return err;
-}
-
-enum cs_err idem_claim(struct idem *idem, const struct idem_key *keys, size_t n,
-                       enum idem_state *out, char *errstr, size_t errstr_size)
-{
     redisReply *r = NULL;
     enum cs_err err;
 
-    if (n == 0)
+    if (nd + nr + nc == 0)
         return CS_ERR_OK;
-    err = script_call(idem, SCRIPT_CLAIM, keys, n, &r, errstr, errstr_size);
+    err = batch_build(idem, &st, &b, errstr, errstr_size);
+    if (err != CS_ERR_OK)
+        return err;
+    err = run_script(idem, &b, &r, errstr, errstr_size);
+    batch_free(&b);
     if (err != CS_ERR_OK)
         return err;
 
-    if (r->type != REDIS_REPLY_STRING || r->len != n) {
+    if (r->type != REDIS_REPLY_STRING || r->len != nc) {
         snprintf(errstr, errstr_size,
-                 "redis: claim script returned type %d len %zu for %zu ids",
-                 r->type, r->len, n);
+                 "redis: script returned type %d len %zu for %zu claims",
+                 r->type, r->len, nc);
         err = CS_ERR_REDIS_PROTOCOL;
         goto out_free_reply;
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < nc; i++) {
         if (r->str[i] < '0' || r->str[i] > '2') {
             snprintf(errstr, errstr_size,
-                     "redis: claim script returned bad state at %zu", i);
+                     "redis: script returned bad state at %zu", i);
             err = CS_ERR_REDIS_PROTOCOL;
             goto out_free_reply;
         }
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < nc; i++)
         out[i] = (enum idem_state)(r->str[i] - '0');
 
 out_free_reply:
@@ -925,41 +926,23 @@ out_free_reply:
     return err;
 }
 
-/* Shared body of mark_done and release: both answer an integer in
- * [min, n]. */
-static enum cs_err run_counted(struct idem *idem, enum idem_script s,
-                               const struct idem_key *keys, size_t n,
-                               bool exact, char *errstr, size_t errstr_size)
+enum cs_err idem_claim(struct idem *idem, const struct idem_key *keys, size_t n,
+                       enum idem_state *out, char *errstr, size_t errstr_size)
 {
-    redisReply *r = NULL;
-    enum cs_err err;
-
-    if (n == 0)
-        return CS_ERR_OK;
-    err = script_call(idem, s, keys, n, &r, errstr, errstr_size);
-    if (err != CS_ERR_OK)
-        return err;
-    if (r->type != REDIS_REPLY_INTEGER || r->integer < 0 ||
-        (unsigned long long)r->integer > n ||
-        (exact && (unsigned long long)r->integer != n)) {
-        snprintf(errstr, errstr_size,
-                 "redis: script returned type %d value %lld for %zu ids",
-                 r->type, r->integer, n);
-        err = CS_ERR_REDIS_PROTOCOL;
-    }
-    freeReplyObject(r);
-    return err;
+    return idem_settle_claim(idem, NULL, 0, NULL, 0, keys, n, out, errstr,
+                             errstr_size);
 }
 
 enum cs_err idem_mark_done(struct idem *idem, const struct idem_key *keys,
                            size_t n, char *errstr, size_t errstr_size)
 {
-    return run_counted(idem, SCRIPT_DONE, keys, n, true, errstr, errstr_size);
+    return idem_settle_claim(idem, keys, n, NULL, 0, NULL, 0, NULL, errstr,
+                             errstr_size);
 }
 
 enum cs_err idem_release(struct idem *idem, const struct idem_key *keys,
                          size_t n, char *errstr, size_t errstr_size)
 {
-    return run_counted(idem, SCRIPT_RELEASE, keys, n, false, errstr,
-                       errstr_size);
+    return idem_settle_claim(idem, NULL, 0, keys, n, NULL, 0, NULL, errstr,
+                             errstr_size);
 }

@@ -3,9 +3,12 @@
  *
  * A worker asks, for a batch of event ids, "may I process these?"
  * (idem_claim), writes to the CRM, then records success (idem_mark_done) or
- * gives its claims back (idem_release). Each of the three calls is exactly
- * one Redis round trip for the whole batch: a Lua script run with EVALSHA
- * (EVAL on a fresh connection and on NOSCRIPT), never one command per id.
+ * gives its claims back (idem_release). Every call is exactly one Redis
+ * round trip for the whole batch: one Lua script run with EVALSHA (EVAL on a
+ * fresh connection and on NOSCRIPT), never one command per id.
+ * idem_settle_claim does all three in that one round trip, so a worker can
+ * carry the done markers of batch N along with the claims of batch N+1 and
+ * pay a single round trip per batch.
  *
  * Per id, idem_claim answers:
  *   - IDEM_CLAIMED: nobody has it (or the previous lease expired, or the
@@ -130,6 +133,21 @@ struct idem *idem_new(const struct idem_opts *opts, char *errstr,
 
 /** @brief Closes the connection and frees the handle; NULL is fine. */
 void idem_free(struct idem *idem);
+
+/**
+ * @brief One round trip, in this order: marks done[0..nd) done (as
+ *        idem_mark_done), releases release[0..nr) (as idem_release), then
+ *        claims claim[0..nc) (as idem_claim; out must hold nc entries, may
+ *        be NULL when nc == 0). A claim of an id marked done in the same
+ *        call answers IDEM_DUPLICATE. All arrays borrowed for the call.
+ * @returns as idem_claim; on error nothing is known to have been applied
+ *          (the caller keeps its done/release keys and tries again).
+ */
+enum cs_err idem_settle_claim(struct idem *idem, const struct idem_key *done,
+                              size_t nd, const struct idem_key *release,
+                              size_t nr, const struct idem_key *claim,
+                              size_t nc, enum idem_state *out, char *errstr,
+                              size_t errstr_size);
 
 /**
  * @brief Claims n ids in one round trip. out[i] receives the state for

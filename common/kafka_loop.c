@@ -747,6 +747,8 @@ enum cs_err kafka_loop_run(struct kafka_loop *kl, volatile sig_atomic_t *run)
             ok = handle_message(kl, rkm);
         if (ok && batch_due(kl))
             attempt_batch(kl);
+        else if (ok && kl->n == 0 && kl->h.idle)
+            kl->h.idle(kl->h.ctx);
         update_health(kl, false);
     }
 

@@ -86,6 +86,9 @@ struct kl_handler {
      * Release what the handler holds for them (idempotency leases) so
      * the partitions' next owner is not blocked until the leases end. */
     void (*abandon)(void *ctx, struct kl_item **items, size_t n);
+    /* Optional. Called about every 100 ms while no batch is open: handlers
+     * flush deferred work here (the response worker's done markers). */
+    void (*idle)(void *ctx);
     /* Are the worker's dependencies reachable? Used for /readyz. */
     bool (*healthy)(void *ctx);
     void *ctx; /* borrowed handler state */

@@ -279,6 +279,50 @@ static void test_release_lets_other_claim(void **state)
     idem_free(b);
 }
 
+/* Done, release and claim in one call: the steps apply in that order and
+ * cost one round trip together. */
+static void test_settle_claim_one_trip(void **state)
+{
+    struct fixture *fx = *state;
+    struct idem *a = open_idem(fx, "owner-a", 30000);
+    struct idem *b = open_idem(fx, "owner-b", 30000);
+    int64_t t = now_ms();
+    struct idem_key done[] = {{"s-1", t}, {"s-2", t}};
+    struct idem_key rel[] = {{"s-3", t}};
+    struct idem_key claim[] = {{"s-1", t}, {"s-4", t}, {"s-5", t}};
+    enum idem_state st[3];
+    char errstr[256] = "";
+    unsigned long long rt;
+
+    assert_int_equal(claim1(a, "s-1"), IDEM_CLAIMED);
+    assert_int_equal(claim1(a, "s-2"), IDEM_CLAIMED);
+    assert_int_equal(claim1(a, "s-3"), IDEM_CLAIMED);
+    rt = idem_round_trips(a);
+    assert_int_equal(idem_settle_claim(a, done, 2, rel, 1, claim, 3, st, errstr,
+                                       sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_round_trips(a), rt + 1);
+    assert_int_equal(st[0], IDEM_DUPLICATE); /* marked done just before */
+    assert_int_equal(st[1], IDEM_CLAIMED);
+    assert_int_equal(st[2], IDEM_CLAIMED);
+    assert_int_equal(claim1(b, "s-2"), IDEM_DUPLICATE);
+    assert_int_equal(claim1(b, "s-3"), IDEM_CLAIMED); /* released by a */
+    assert_int_equal(claim1(b, "s-4"), IDEM_IN_FLIGHT);
+
+    /* Only settling (no claims) and nothing at all. */
+    rt = idem_round_trips(a);
+    assert_int_equal(idem_settle_claim(a, claim + 1, 2, NULL, 0, NULL, 0, NULL,
+                                       errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_settle_claim(a, NULL, 0, NULL, 0, NULL, 0, NULL,
+                                       errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_round_trips(a), rt + 1);
+    assert_int_equal(claim1(b, "s-5"), IDEM_DUPLICATE);
+    idem_free(a);
+    idem_free(b);
+}
+
 static void test_repeated_id_in_batch(void **state)
 {
     struct fixture *fx = *state;
@@ -704,6 +748,7 @@ int main(void)
         cmocka_unit_test_setup(test_same_owner_reclaim, test_setup),
         cmocka_unit_test_setup(test_release_lets_other_claim, test_setup),
         cmocka_unit_test_setup(test_repeated_id_in_batch, test_setup),
+        cmocka_unit_test_setup(test_settle_claim_one_trip, test_setup),
         cmocka_unit_test_setup(test_bucket_ttl, test_setup),
         cmocka_unit_test_setup(test_round_trips, test_setup),
         cmocka_unit_test_setup(test_big_batch, test_setup),

@@ -2,12 +2,18 @@
  * handler - one batch of response events through idempotency and the CRM.
  *
  * Per batch: read + validate each event (invalid -> dead letter), decide
- * skips, claim every effect key in Redis (one round trip), write the new
- * campaign responses in $batch requests as create-only upserts keyed by a
- * UUIDv5 of the effect key (so even with Redis wiped a replay can never
- * create a second record: the CRM answers 412 "exists"), then mark the
- * written keys done (one round trip). Redis or CRM outages turn the affected
- * items into KL_RETRY; the loop pauses and retries them.
+ * skips, claim every effect key in Redis, write the new campaign responses
+ * in $batch requests as create-only upserts keyed by a UUIDv5 of the effect
+ * key (so even with Redis wiped a replay can never create a second record:
+ * the CRM answers 412 "exists"), then remember the written keys as done.
+ * Redis or CRM outages turn the affected items into KL_RETRY; the loop
+ * pauses and retries them.
+ *
+ * One Redis round trip per batch: the done markers (and releases of
+ * rejected claims) of batch N are carried and written by the same script
+ * call that claims batch N+1 (idem_settle_claim). When no batch follows
+ * they are flushed from the loop's idle hook, on abandon and at shutdown.
+ * Losing carried markers (crash) only costs a 412 on a later duplicate.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,11 +29,20 @@
 #include "common/runtime.h"
 #include "workers/response/response.h"
 
-#define KEY_MAX 512
+#define KEY_MAX        512
+#define CARRY_GRACE_MS 250 /* idle time before carried markers are flushed */
 
 struct tenant_mode {
     char *tenant; /* owned */
     bool unique;
+};
+
+/* Idempotency keys waiting for the next Redis round trip. */
+struct carry {
+    struct idem_key *keys; /* owned; keys[i].id points into ids[i] */
+    char (*ids)[KEY_MAX];  /* owned */
+    size_t n;
+    size_t cap;
 };
 
 struct response_handler {
@@ -36,6 +51,11 @@ struct response_handler {
     bool unique_default;
     struct tenant_mode *modes; /* owned */
     size_t nmodes;
+    struct carry done;     /* written effects, to be marked done */
+    struct carry release;  /* rejected effects, claims to give back */
+    int64_t carry_since;   /* monotonic ms of the oldest carried key */
+    int64_t next_flush;    /* monotonic ms of the next idle flush try */
+    long flush_backoff_ms; /* grows while Redis is unreachable */
 };
 
 /* Per-item scratch for one batch. */
@@ -100,6 +120,7 @@ struct response_handler *response_handler_new(const struct response_config *rc,
     h->rc = rc;
     h->rt = rt;
     h->unique_default = strcmp(rc->mode, "unique") == 0;
+    h->flush_backoff_ms = 100;
     if (parse_tenant_modes(h, rc->tenant_modes, errstr, errstr_size)) {
         response_handler_free(h);
         return NULL;
@@ -107,10 +128,101 @@ struct response_handler *response_handler_new(const struct response_config *rc,
     return h;
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool carry_add(struct carry *c, const char *id, int64_t event_ms)
+{
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 256;
+        struct idem_key *keys = realloc(c->keys, cap * sizeof(*keys));
+        char(*ids)[KEY_MAX];
+        if (!keys)
+            return false;
+        c->keys = keys;
+        ids = realloc(c->ids, cap * sizeof(*ids));
+        if (!ids)
+            return false;
+        c->ids = ids;
+        c->cap = cap;
+        /* ids moved: re-point every key at its string. */
+        for (size_t i = 0; i < c->n; i++)
+            c->keys[i].id = c->ids[i];
+    }
+    snprintf(c->ids[c->n], KEY_MAX, "%s", id);
+    c->keys[c->n].id = c->ids[c->n];
+    c->keys[c->n].event_ms = event_ms;
+    c->n++;
+    return true;
+}
+
+/*
+ * One round trip: the carried done markers and releases, plus `claims`
+ * (may be 0). On success the carry is empty; on failure it is kept for the
+ * next try.
+ */
+static enum cs_err settle_claim(struct response_handler *h,
+                                const struct idem_key *claims, size_t nc,
+                                enum idem_state *out, char *errstr,
+                                size_t errstr_size)
+{
+    enum cs_err err;
+
+    if (h->done.n + h->release.n + nc == 0)
+        return CS_ERR_OK;
+    err =
+        idem_settle_claim(h->rt->idem, h->done.keys, h->done.n, h->release.keys,
+                          h->release.n, claims, nc, out, errstr, errstr_size);
+    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total", NULL,
+                        1);
+    if (err == CS_ERR_OK) {
+        h->done.n = 0;
+        h->release.n = 0;
+        h->carry_since = 0;
+    }
+    return err;
+}
+
+void response_handler_idle(void *ctx)
+{
+    struct response_handler *h = ctx;
+    int64_t now = mono_ms();
+    char errstr[256];
+
+    /* A short grace lets a following batch carry the markers instead. */
+    if (h->done.n + h->release.n == 0 || now < h->next_flush ||
+        now - h->carry_since < CARRY_GRACE_MS)
+        return;
+    if (settle_claim(h, NULL, 0, NULL, errstr, sizeof(errstr)) == CS_ERR_OK) {
+        h->flush_backoff_ms = 100;
+        return;
+    }
+    /* Redis is down: the next batch's claim will pause the loop; until
+     * then try again now and then, not every poll. */
+    LOG_WARN("could not write %zu done markers yet: %s", h->done.n, errstr);
+    h->next_flush = now + h->flush_backoff_ms;
+    if (h->flush_backoff_ms < 5000)
+        h->flush_backoff_ms *= 2;
+}
+
 void response_handler_free(struct response_handler *h)
 {
+    char errstr[256];
+
     if (!h)
         return;
+    if (settle_claim(h, NULL, 0, NULL, errstr, sizeof(errstr)) != CS_ERR_OK)
+        LOG_WARN("done markers lost at shutdown (the CRM still guards "
+                 "against duplicates): %s",
+                 errstr);
+    free(h->done.keys);
+    free(h->done.ids);
+    free(h->release.keys);
+    free(h->release.ids);
     for (size_t i = 0; i < h->nmodes; i++)
         free(h->modes[i].tenant);
     free(h->modes);
@@ -174,9 +286,8 @@ static bool claim(struct response_handler *h, struct work *w, size_t n)
         keys[k].event_ms = w[i].ev.occurred_at;
         idx[k++] = i;
     }
-    err = idem_claim(h->rt->idem, keys, k, st, errstr, sizeof(errstr));
-    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total", NULL,
-                        k ? 1 : 0);
+    /* One round trip: the previous batch's markers, then these claims. */
+    err = settle_claim(h, keys, k, st, errstr, sizeof(errstr));
     if (err) {
         for (size_t j = 0; j < k; j++)
             kl_item_fail(w[idx[j]].it, KL_RETRY, err, "%s", errstr);
@@ -263,38 +374,25 @@ out_free:
     free(ops);
 }
 
-/* Step 4: done markers for written effects, releases for rejected ones. */
+/* Step 4: carry done markers for written effects and releases for rejected
+ * ones into the next round trip. */
 static void settle(struct response_handler *h, struct work *w, size_t n)
 {
-    struct idem_key *done = calloc(n, sizeof(*done));
-    struct idem_key *rel = calloc(n, sizeof(*rel));
-    size_t nd = 0, nr = 0;
-    char errstr[256];
+    bool ok = true;
 
-    if (!done || !rel)
-        goto out_free;
     for (size_t i = 0; i < n; i++) {
         if (!w[i].candidate)
             continue;
-        if (w[i].it->state == KL_DONE) {
-            done[nd].id = w[i].key;
-            done[nd++].event_ms = w[i].ev.occurred_at;
-        } else if (w[i].it->state == KL_DEAD) {
-            rel[nr].id = w[i].key;
-            rel[nr++].event_ms = w[i].ev.occurred_at;
-        }
+        if (w[i].it->state == KL_DONE)
+            ok &= carry_add(&h->done, w[i].key, w[i].ev.occurred_at);
+        else if (w[i].it->state == KL_DEAD)
+            ok &= carry_add(&h->release, w[i].key, w[i].ev.occurred_at);
     }
-    /* The CRM write is itself idempotent: a lost done marker only costs a
-     * 412 on replay, so a Redis failure here does not fail the items. */
-    if (nd && idem_mark_done(h->rt->idem, done, nd, errstr, sizeof(errstr)))
-        LOG_WARN("could not mark %zu effects done: %s", nd, errstr);
-    if (nr && idem_release(h->rt->idem, rel, nr, errstr, sizeof(errstr)))
-        LOG_WARN("could not release %zu claims: %s", nr, errstr);
-    metrics_counter_add(h->rt->metrics, "crmsync_redis_round_trips_total", NULL,
-                        (nd ? 1 : 0) + (nr ? 1 : 0));
-out_free:
-    free(rel);
-    free(done);
+    if (!ok)
+        LOG_WARN("out of memory carrying idempotency markers: some done "
+                 "markers are lost (the CRM still guards duplicates)");
+    if (h->done.n + h->release.n && h->carry_since == 0)
+        h->carry_since = mono_ms();
 }
 
 static void observe_latency(struct response_handler *h, struct work *w,
@@ -333,8 +431,11 @@ void response_handler_abandon(void *ctx, struct kl_item **items, size_t n)
         keys[k].event_ms = ev.occurred_at;
         k++;
     }
-    /* Only our own processing leases are dropped; done markers stay. */
-    if (k && idem_release(h->rt->idem, keys, k, errstr, sizeof(errstr)))
+    /* Only our own processing leases are dropped; done markers stay. The
+     * carried markers go in the same round trip. */
+    for (size_t i = 0; i < k; i++)
+        carry_add(&h->release, keys[i].id, keys[i].event_ms);
+    if (settle_claim(h, NULL, 0, NULL, errstr, sizeof(errstr)) != CS_ERR_OK)
         LOG_WARN("could not release %zu abandoned claims: %s", k, errstr);
 out_free:
     free(bufs);

@@ -55,6 +55,7 @@ int main(int argc, char **argv)
         .reader_schema = RESPONSE_READER_SCHEMA,
         .process = response_handler_process,
         .abandon = response_handler_abandon,
+        .idle = response_handler_idle,
         .healthy = response_handler_healthy,
         .ctx = handler,
     };

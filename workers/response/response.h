@@ -97,6 +97,8 @@ void response_handler_free(struct response_handler *h);
 struct kl_item;
 /** @brief kl_handler.process for the response worker. */
 void response_handler_process(void *ctx, struct kl_item **items, size_t n);
+/** @brief kl_handler.idle: writes carried idempotency markers. */
+void response_handler_idle(void *ctx);
 /** @brief kl_handler.abandon: releases our leases of unfinished items. */
 void response_handler_abandon(void *ctx, struct kl_item **items, size_t n);
 /** @brief kl_handler.healthy: Redis and the CRM answer. */
