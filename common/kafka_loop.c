@@ -607,7 +607,7 @@ static void schedule_retry(struct kafka_loop *kl)
         if (kl->items[i].state == KL_RETRY &&
             kl->items[i].retry_after_ms > hint)
             hint = kl->items[i].retry_after_ms;
-    /* Full jitter on the backoff, but never earlier than a peer's hint. */
+    /* Equal jitter (half fixed, half random), never before a peer's hint. */
     wait = wait / 2 + (long)(rand_r(&kl->rng) % (unsigned)(wait / 2 + 1));
     if (hint > wait)
         wait = hint;
