@@ -22,6 +22,8 @@ See tests/emulators/README.md for the API and fidelity notes.
 import argparse
 import base64
 import collections
+import functools
+import itertools
 import json
 import math
 import os
@@ -117,6 +119,27 @@ VALIDATION = {
     },
 }
 
+
+
+class Rules:
+    """One entry of VALIDATION as tuples, in the order they are checked."""
+    __slots__ = ("max_len", "options", "required", "required_lookups",
+                 "fixed_lookups", "fixed")
+
+    def __init__(self, r):
+        self.max_len = tuple(r.get("max_len", {}).items())
+        self.options = tuple((attr, allowed, ",".join(map(str, allowed)))
+                             for attr, allowed in r.get("options", {}).items())
+        self.required = tuple(r.get("required", ()))
+        self.required_lookups = tuple((a, "_%s_value" % a)
+                                      for a in r.get("required_lookups", ()))
+        self.fixed_lookups = tuple((a, "_%s_value" % a)
+                                   for a in r.get("fixed_lookups", ()))
+        self.fixed = tuple(r.get("fixed", ()))
+
+
+RULES = {es: Rules(r) for es, r in VALIDATION.items()}
+
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
            400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed",
@@ -186,6 +209,18 @@ def now_iso():
         _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
         _ts_cache[0] = sec
     return _ts_cache[1]
+
+
+# Server-generated ids (activity parties, records created without a key,
+# REQ_ID): a random version-4 prefix per process plus a sequence number, so
+# they are unique, sorted by creation like Dataverse's sequential GUIDs, and
+# ten times cheaper than uuid4().
+_GUID_PREFIX = str(uuid.uuid4())[:24]
+_guid_seq = itertools.count(random.getrandbits(40))
+
+
+def new_guid():
+    return "%s%012x" % (_GUID_PREFIX, next(_guid_seq))
 
 
 # --------------------------------------------------------------------------
@@ -432,21 +467,20 @@ def _boundary_of(content_type):
     return (b[:j] if j >= 0 else b).strip()
 
 
-def _split_multipart(body, boundary):
-    """Split a multipart body into raw parts (headers + content)."""
-    delim = b"\n--" + boundary.encode("latin-1")
-    chunks = (b"\n" + body).split(delim)
+def _split_multipart(text, boundary):
+    """Split a multipart body (str) into raw parts (headers + content)."""
+    chunks = ("\n" + text).split("\n--" + boundary)
     parts = []
     closed = False
     for c in chunks[1:]:
-        if c.startswith(b"--"):
+        if c.startswith("--"):
             closed = True
             break
-        nl = c.find(b"\n")
+        nl = c.find("\n")
         if nl < 0:
             continue
         c = c[nl + 1:]
-        if c.endswith(b"\r"):
+        if c.endswith("\r"):
             c = c[:-1]
         parts.append(c)
     if not closed:
@@ -455,31 +489,39 @@ def _split_multipart(body, boundary):
     return parts
 
 
+_BLANK_LINE_RE = re.compile(r"\n\r?\n")  # CRLF and LF line ends
+
+
 def _split_head(buf):
     """Split at the first blank line: (header lines, rest)."""
-    i = buf.find(b"\n\n")
-    j = buf.find(b"\n\r\n")
-    if i < 0 and j < 0:
-        return buf, b""
-    if j >= 0 and (i < 0 or j < i):
-        return buf[:j], buf[j + 3:]
-    return buf[:i], buf[i + 2:]
+    m = _BLANK_LINE_RE.search(buf)
+    if m is None:
+        return buf, ""
+    return buf[:m.start()], buf[m.end():]
 
 
-def _parse_headers(lines):
+@functools.lru_cache(maxsize=512)
+def _parse_headers(text):
+    """'Name: value' lines -> {lower-case name: value}.  Cached, because
+    batch parts repeat the same few header blocks: treat the dict as
+    read-only."""
     hdrs = {}
-    for line in lines:
-        line = line.rstrip("\r")
-        if not line:
-            continue
+    for line in text.split("\n"):
         k, sep, v = line.partition(":")
         if sep:
             hdrs[k.strip().lower()] = v.strip()
     return hdrs
 
 
+def _parse_part_head(raw):
+    """One multipart part -> (MIME headers, content after the blank line)."""
+    head, rest = _split_head(raw)
+    return _parse_headers(head), rest
+
+
 class Op:
-    __slots__ = ("method", "url", "headers", "body", "content_id", "error")
+    __slots__ = ("method", "url", "headers", "body", "content_id", "error",
+                 "refs")
 
     def __init__(self, method, url, headers, body, content_id):
         self.method = method
@@ -488,32 +530,39 @@ class Op:
         self.body = body
         self.content_id = content_id
         self.error = None
+        self.refs = ()  # Content-ID references ("1" for "$1"), see _refs_of
 
 
-def _parse_op(raw):
-    mime_head, rest = _split_head(raw)
-    mime = _parse_headers(mime_head.decode("latin-1").split("\n"))
-    http_head, body = _split_head(rest)
-    lines = http_head.decode("utf-8").split("\n")
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if not lines:
+_json_decode = json.JSONDecoder().decode
+
+
+def _parse_op(mime, content):
+    """An application/http part (its MIME headers and content) -> Op."""
+    http_head, body = _split_head(content)
+    reqline, _, hdr_text = http_head.lstrip().partition("\n")
+    if not reqline:
         raise bad_request("Invalid batch part: missing request line.")
-    reqline = lines[0].strip()
-    method, _, rest_line = reqline.partition(" ")
-    url = rest_line
+    method, _, url = reqline.strip().partition(" ")
     k = url.rfind(" HTTP/")
     if k >= 0:
         url = url[:k]
-    hdrs = _parse_headers(lines[1:])
-    op = Op(method.upper(), url.strip(), hdrs, None, mime.get("content-id"))
+    op = Op(method.upper(), url.strip(), _parse_headers(hdr_text), None,
+            mime.get("content-id"))
     body = body.strip()
     if body:
         try:
-            op.body = json.loads(body)
+            if not body.isascii():
+                body.encode("utf-8")  # undecodable bytes (see batch) raise
+                if body.startswith("\ufeff"):
+                    body = body[1:]
+            op.body = _json_decode(body)
         except ValueError as e:
             op.error = bad_request("Invalid JSON in request body: %s" % e)
-    return mime, op
+    # A reference is a URL or a JSON string value starting with '$'; most
+    # parts have neither, so skip the walk over the body for them.
+    if op.url.startswith("$") or '"$' in body or "\\u0024" in body:
+        op.refs = _refs_of(op)
+    return op
 
 
 # --------------------------------------------------------------------------
@@ -805,27 +854,7 @@ class Emulator:
         return n
 
     def parse_entity_ref(self, ref):
-        """'/contacts(<id>)', 'contacts(<id>)' or an absolute URL ->
-        (set, lower-case id).  Raises ApiError."""
-        s = ref
-        if "://" in s:
-            k = s.find("/api/data/")
-            s = s[k + 10:] if k >= 0 else s.split("://", 1)[1].partition("/")[2]
-            s = s.partition("/")[2] if VERSION_RE.match(s) else s
-        elif s.startswith("/api/data/"):
-            s = s[10:].partition("/")[2]
-        s = s.lstrip("/")
-        p = s.find("(")
-        if p <= 0 or not s.endswith(")"):
-            raise bad_request("Invalid entity reference '%s'." % ref)
-        set_name = s[:p]
-        key = s[p + 1:-1]
-        if set_name not in ENTITY_SETS:
-            raise not_found_segment(set_name)
-        if not GUID_RE.fullmatch(key):
-            raise bad_request("Invalid key '%s' in entity reference '%s'."
-                              % (key, ref))
-        return set_name, key.lower()
+        return parse_entity_ref(ref)
 
     # -- Web API operation dispatch -----------------------------------------
     def execute(self, method, url, headers, body, ctx):
@@ -942,70 +971,70 @@ class Emulator:
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object.")
         logical = ENTITY_SETS[es][0]
-        changed = []
+        store = self.store
+        intern = sys.intern  # keys are shared by all records: saves memory
+        # Every body key counts as changed (annotation keys match no rule),
+        # plus the lookup attribute of each @odata.bind.
+        changed = list(body)
         for k, v in body.items():
-            if "@" in k:
-                if k.endswith("@odata.bind"):
-                    nav = k[:-11]
-                    if isinstance(v, list):
-                        raise bad_request("Collection-valued @odata.bind on "
-                                          "'%s' is not supported by the "
-                                          "emulator." % nav)
-                    if v is None:
-                        attr = lookup_attr(nav, logical, None)
-                        rec["_%s_value" % attr] = None
-                        rec.pop("_%s_value%s" % (attr, ANNOT_LOOKUP), None)
-                        changed.append(attr)
-                        continue
-                    if not isinstance(v, str):
-                        raise bad_request("Invalid @odata.bind value for '%s'."
-                                          % nav)
-                    tset, tkey = self.parse_entity_ref(v)
-                    tlogical = ENTITY_SETS[tset][0]
-                    if tkey not in self.store[tset]:
-                        raise does_not_exist(tlogical, tkey)
-                    attr = lookup_attr(nav, logical, tlogical)
-                    rec[sys.intern("_%s_value" % attr)] = tkey
-                    rec[sys.intern("_%s_value%s" % (attr, ANNOT_LOOKUP))] = tlogical
-                    changed.append(attr)
-                # other annotations (@odata.type ...) are ignored
+            if "@" not in k:
+                if v.__class__ is list and k.endswith("_activity_parties"):
+                    v = self.parties(v)
+                rec[intern(k)] = v
                 continue
-            if isinstance(v, list) and k.endswith("_activity_parties"):
-                rec[sys.intern(k)] = self.parties(v)
-                changed.append(k)
-                continue
-            rec[sys.intern(k)] = v
-            changed.append(k)
+            if not k.endswith("@odata.bind"):
+                continue  # other annotations (@odata.type ...) are ignored
+            nav = k[:-11]
+            if isinstance(v, str):
+                tset, tkey = parse_entity_ref(v)
+                tlogical = ENTITY_SETS[tset][0]
+                if tkey not in store[tset]:
+                    raise does_not_exist(tlogical, tkey)
+                attr, vkey, akey = lookup_keys(nav, logical, tlogical)
+                rec[vkey] = tkey
+                rec[akey] = tlogical
+            elif v is None:
+                attr, vkey, akey = lookup_keys(nav, logical, None)
+                rec[vkey] = None
+                rec.pop(akey, None)
+            elif isinstance(v, list):
+                raise bad_request("Collection-valued @odata.bind on '%s' is "
+                                  "not supported by the emulator." % nav)
+            else:
+                raise bad_request("Invalid @odata.bind value for '%s'." % nav)
+            changed.append(attr)
         return changed
 
     def parties(self, items):
         out = []
+        store = self.store
         for it in items:
             if not isinstance(it, dict):
                 raise bad_request("Activity parties must be JSON objects.")
-            p = {"activitypartyid": str(uuid.uuid4())}
+            p = {"activitypartyid": new_guid()}
             for k, v in it.items():
-                if k.endswith("@odata.bind"):
-                    tset, tkey = self.parse_entity_ref(v)
+                if "@" not in k:
+                    p[sys.intern(k)] = v
+                elif k.endswith("@odata.bind"):
+                    tset, tkey = parse_entity_ref(v)
                     tlogical = ENTITY_SETS[tset][0]
-                    if tkey not in self.store[tset]:
+                    if tkey not in store[tset]:
                         raise does_not_exist(tlogical, tkey)
-                    attr = lookup_attr(k[:-11], "activityparty", tlogical)
-                    p["_%s_value" % attr] = tkey
-                    p["_%s_value%s" % (attr, ANNOT_LOOKUP)] = tlogical
-                elif "@" not in k:
-                    p[k] = v
+                    _, vkey, akey = lookup_keys(k[:-11], "activityparty",
+                                                tlogical)
+                    p[vkey] = tkey
+                    p[akey] = tlogical
             out.append(p)
         return out
 
     def validate(self, es, new, old, changed):
-        rules = VALIDATION.get(es)
-        if not rules:
+        rules = RULES.get(es)
+        if rules is None:
             return
         logical = ENTITY_SETS[es][0]
         creating = old is None
         ch = set(changed)
-        for attr, maxlen in rules.get("max_len", {}).items():
+        for attr, maxlen in rules.max_len:
             if attr in ch:
                 v = new.get(attr)
                 if isinstance(v, str) and len(v) > maxlen:
@@ -1013,7 +1042,7 @@ class Emulator:
                         "The length of the '%s' attribute of the '%s' entity "
                         "exceeded the maximum allowed length of '%d'."
                         % (attr, logical, maxlen))
-        for attr, allowed in rules.get("options", {}).items():
+        for attr, allowed, allowed_text in rules.options:
             if attr in ch:
                 v = new.get(attr)
                 if v is not None and (isinstance(v, bool) or v not in allowed):
@@ -1022,30 +1051,29 @@ class Emulator:
                         "A validation error occurred. The value %s of '%s' on "
                         "record of type '%s' is outside the valid range. "
                         "Accepted Values: %s" % (json.dumps(v), attr, logical,
-                                                 ",".join(map(str, allowed))))
-        for attr in rules.get("required", ()):
+                                                 allowed_text))
+        for attr in rules.required:
             if (creating or attr in ch) and new.get(attr) in (None, ""):
                 raise validation_error(
                     "The '%s' attribute of the '%s' entity is required and "
                     "cannot be empty." % (attr, logical))
         if creating:
-            for attr in rules.get("required_lookups", ()):
-                if not new.get("_%s_value" % attr):
+            for attr, lk in rules.required_lookups:
+                if not new.get(lk):
                     raise validation_error(
                         "The '%s' attribute of the '%s' entity is required "
                         "and cannot be empty." % (attr, logical))
-        else:
-            for attr in rules.get("fixed_lookups", ()):
-                lk = "_%s_value" % attr
-                if attr in ch and new.get(lk) != old.get(lk):
-                    raise validation_error(
-                        "The '%s' attribute of the '%s' entity is not valid "
-                        "for update." % (attr, logical))
-            for attr in rules.get("fixed", ()):
-                if attr in ch and new.get(attr) != old.get(attr):
-                    raise validation_error(
-                        "The '%s' attribute of the '%s' entity is not valid "
-                        "for update." % (attr, logical))
+            return
+        for attr, lk in rules.fixed_lookups:
+            if attr in ch and new.get(lk) != old.get(lk):
+                raise validation_error(
+                    "The '%s' attribute of the '%s' entity is not valid "
+                    "for update." % (attr, logical))
+        for attr in rules.fixed:
+            if attr in ch and new.get(attr) != old.get(attr):
+                raise validation_error(
+                    "The '%s' attribute of the '%s' entity is not valid "
+                    "for update." % (attr, logical))
 
     def _stamp(self, es, rec, creating):
         ts = now_iso()
@@ -1072,7 +1100,7 @@ class Emulator:
             if key in table:
                 raise duplicate_record()
         else:
-            key = str(uuid.uuid4())
+            key = new_guid()
         rec = {}
         changed = self.apply_body(es, rec, body, True, ctx)
         rec[pkname] = key
@@ -1253,7 +1281,7 @@ class Emulator:
                 raise does_not_exist(ENTITY_SETS[rset][0], rkey)
             if rkey in self.member_ids(key):
                 return 204, [], b"", None
-            mid = str(uuid.uuid4())
+            mid = new_guid()
             rec = {"listmemberid": mid, "_listid_value": key,
                    "_listid_value" + ANNOT_LOOKUP: "list",
                    "_entityid_value": rkey,
@@ -1416,9 +1444,11 @@ class Emulator:
                               "Content-Type with a boundary.")
         items = []  # ("op", Op) | ("cs", [Op])
         nops = 0
-        for raw in _split_multipart(body, boundary):
-            mime_head, rest = _split_head(raw)
-            mime = _parse_headers(mime_head.decode("latin-1").split("\n"))
+        # JSON bodies are UTF-8.  Undecodable bytes are kept as surrogates
+        # and fail only their own operation (see _parse_op).
+        text = body.decode("utf-8", "surrogateescape")
+        for raw in _split_multipart(text, boundary):
+            mime, rest = _parse_part_head(raw)
             ct = mime.get("content-type", "")
             if ct.startswith("multipart/mixed"):
                 csb = _boundary_of(ct)
@@ -1426,9 +1456,10 @@ class Emulator:
                     raise bad_request("Change set without boundary.")
                 ops = []
                 for craw in _split_multipart(rest, csb):
-                    cmime, op = _parse_op(craw)
+                    cmime, crest = _parse_part_head(craw)
                     if cmime.get("content-type", "").startswith("multipart/"):
                         raise bad_request("Change sets cannot be nested.")
+                    op = _parse_op(cmime, crest)
                     if op.method == "GET":
                         raise bad_request("GET requests are not allowed inside "
                                           "a change set.")
@@ -1436,7 +1467,7 @@ class Emulator:
                 nops += len(ops)
                 items.append(("cs", ops))
             else:
-                _, op = _parse_op(raw)
+                op = _parse_op(mime, rest)
                 nops += 1
                 items.append(("op", op))
         if nops > MAX_BATCH_OPS:
@@ -1451,7 +1482,7 @@ class Emulator:
                 ops_scope = val
             defined = set()
             for op in ops_scope:
-                for ref in _refs_of(op):
+                for ref in op.refs:
                     if kind == "op" or ref not in defined:
                         raise bad_request("Content-ID Reference: '$%s' does not "
                                           "exist in the batch context." % ref, "")
@@ -1459,6 +1490,7 @@ class Emulator:
                     defined.add(op.content_id)
         cont = "odata.continue-on-error" in (prefer or "")
         rb = "batchresponse_" + str(uuid.uuid4())
+        delim = b"--%s\r\n" % rb.encode()
         out = []
         status = 200
         nstat = {}
@@ -1467,7 +1499,7 @@ class Emulator:
                 if kind == "op":
                     st, part = self._batch_part(val, ctx, None)
                     nstat[st] = nstat.get(st, 0) + 1
-                    out.append(b"--%s\r\n" % rb.encode())
+                    out.append(delim)
                     out.append(part)
                     if st >= 400 and not cont:
                         status = 400
@@ -1488,19 +1520,20 @@ class Emulator:
                 ctx.undo = None
                 if failed is not None:
                     self.rollback(undo)
-                    out.append(b"--%s\r\n" % rb.encode())
+                    out.append(delim)
                     out.append(failed)
                     if not cont:
                         status = 400
                         break
                     continue
-                csb = "changesetresponse_" + str(uuid.uuid4())
-                out.append(b"--%s\r\nContent-Type: multipart/mixed; boundary=%s"
-                           b"\r\n\r\n" % (rb.encode(), csb.encode()))
+                csb = ("changesetresponse_" + str(uuid.uuid4())).encode()
+                out.append(b"%sContent-Type: multipart/mixed; boundary=%s"
+                           b"\r\n\r\n" % (delim, csb))
+                csdelim = b"--%s\r\n" % csb
                 for part in parts:
-                    out.append(b"--%s\r\n" % csb.encode())
+                    out.append(csdelim)
                     out.append(part)
-                out.append(b"--%s--\r\n" % csb.encode())
+                out.append(b"--%s--\r\n" % csb)
             out.append(b"--%s--\r\n" % rb.encode())
             self.stats["operations"] += sum(nstat.values())
             obs = self.stats["ops_by_status"]
@@ -1528,7 +1561,7 @@ class Emulator:
                     es, key = cmap[ref]
                     url = "/api/data/v9.2/%s(%s)%s" % (es, key,
                                                        "/" + tail if tail else "")
-                if isinstance(body, dict):
+                if op.refs and isinstance(body, dict):
                     body = _subst_refs(body, cmap)
             if not url.startswith("/") and "://" not in url:
                 url = "/api/data/v9.2/" + url
@@ -1538,7 +1571,7 @@ class Emulator:
         except ApiError as e:
             st, hdrs, rbody = e.status, [("Content-Type", JSON_CT)] + e.headers, \
                 e.body()
-            hdrs.insert(0, ("REQ_ID", str(uuid.uuid4())))
+            hdrs.insert(0, ("REQ_ID", new_guid()))
         except Exception as e:  # emulator bug: fail the op, keep atomicity
             import traceback
             traceback.print_exc()
@@ -1548,33 +1581,39 @@ class Emulator:
                            "message": "Emulator error: %r" % (e,)}})
         if cmap is not None and op.content_id and ent is not None:
             cmap[op.content_id] = ent
-        lines = ["Content-Type: application/http",
-                 "Content-Transfer-Encoding: binary"]
-        if op.content_id:
-            lines.append("Content-ID: %s" % op.content_id)
-        lines.append("")
-        lines.append("HTTP/1.1 %d %s" % (st, REASONS.get(st, "")))
         # Header order as in the documented responses: REQ_ID, Content-Type,
         # OData-Version, Location, OData-EntityId, then the rest.
-        hd = dict(hdrs)
-        if "REQ_ID" in hd:
-            lines.append("REQ_ID: %s" % hd["REQ_ID"])
-        ct = hd.get("Content-Type")
+        req_id = ct = eid = None
+        others = []
+        for k, v in hdrs:
+            if k == "REQ_ID":
+                req_id = v
+            elif k == "Content-Type":
+                ct = v
+            elif k == "OData-EntityId":
+                eid = v
+            elif k != "OData-Version":
+                others.append("%s: %s\r\n" % (k, v))
+        head = [_PART_HEAD]
+        if op.content_id:
+            head.append("Content-ID: %s\r\n" % op.content_id)
+        head.append("\r\nHTTP/1.1 %d %s\r\n" % (st, REASONS.get(st, "")))
+        if req_id:
+            head.append("REQ_ID: %s\r\n" % req_id)
         if ct:
             if st == 200 and "streaming" not in ct:
                 ct += "; odata.streaming=true"
-            lines.append("Content-Type: %s" % ct)
-        lines.append("OData-Version: 4.0")
-        eid = hd.get("OData-EntityId")
+            head.append("Content-Type: %s\r\n" % ct)
+        head.append("OData-Version: 4.0\r\n")
         if eid:
-            lines.append("Location: %s" % eid)
-            lines.append("OData-EntityId: %s" % eid)
-        for k, v in hdrs:
-            if k not in ("REQ_ID", "Content-Type", "OData-EntityId",
-                         "OData-Version"):
-                lines.append("%s: %s" % (k, v))
-        head = "\r\n".join(lines).encode("utf-8")
-        return st, head + b"\r\n\r\n" + rbody + b"\r\n"
+            head.append("Location: %s\r\nOData-EntityId: %s\r\n" % (eid, eid))
+        head.extend(others)
+        head.append("\r\n")
+        return st, "".join(head).encode("utf-8") + rbody + b"\r\n"
+
+
+_PART_HEAD = ("Content-Type: application/http\r\n"
+              "Content-Transfer-Encoding: binary\r\n")
 
 
 def _refs_of(op):
@@ -1602,6 +1641,41 @@ def _subst_refs(body, cmap):
     return out if out is not None else body
 
 
+@functools.lru_cache(maxsize=1024)
+def lookup_keys(nav, logical, target_logical):
+    """lookup_attr plus the (interned) record keys it is stored under:
+    (attr, "_<attr>_value", "_<attr>_value@...lookuplogicalname")."""
+    attr = lookup_attr(nav, logical, target_logical)
+    return (attr, sys.intern("_%s_value" % attr),
+            sys.intern("_%s_value%s" % (attr, ANNOT_LOOKUP)))
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_entity_ref(ref):
+    """'/contacts(<id>)', 'contacts(<id>)' or an absolute URL ->
+    (set, lower-case id).  Raises ApiError.  Cached: a batch binds the same
+    campaign and contacts over and over."""
+    s = ref
+    if "://" in s:
+        k = s.find("/api/data/")
+        s = s[k + 10:] if k >= 0 else s.split("://", 1)[1].partition("/")[2]
+        s = s.partition("/")[2] if VERSION_RE.match(s) else s
+    elif s.startswith("/api/data/"):
+        s = s[10:].partition("/")[2]
+    s = s.lstrip("/")
+    p = s.find("(")
+    if p <= 0 or not s.endswith(")"):
+        raise bad_request("Invalid entity reference '%s'." % ref)
+    set_name = s[:p]
+    key = s[p + 1:-1]
+    if set_name not in ENTITY_SETS:
+        raise not_found_segment(set_name)
+    if not GUID_RE.fullmatch(key):
+        raise bad_request("Invalid key '%s' in entity reference '%s'."
+                          % (key, ref))
+    return set_name, key.lower()
+
+
 def lookup_attr(nav, logical, target_logical):
     """Navigation property name -> lookup attribute name:
     regardingobjectid_campaign_campaignresponse -> regardingobjectid,
@@ -1622,11 +1696,14 @@ class Query(dict):
     raw = ()
 
 
+NO_QUERY = Query()  # shared: query options are never modified
+
+
 def parse_query(q):
+    if not q:
+        return NO_QUERY
     params = Query()
     params.raw = []
-    if not q:
-        return params
     for part in q.split("&"):
         if not part:
             continue
