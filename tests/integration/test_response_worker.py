@@ -135,6 +135,12 @@ def test_exactly_once_with_duplicates_and_poison():
         assert took < 10, "SIGTERM took %.1fs" % took
         lag = st.group_lag(GROUP, TOPIC)
         assert lag["total_lag"] == 0, lag
+        # Secrets never appear in logs (stdout JSON lines or stderr).
+        out = open(w.log_path, encoding="utf-8", errors="replace").read()
+        out += w.stderr()
+        for secret in (st.dv_client_secret, "redis-pw"):
+            assert secret not in out, "secret leaked into worker output"
+        assert '"level":"info"' in out  # the logs were really read
 
 
 def test_unique_mode_per_tenant():
