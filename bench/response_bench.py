@@ -100,6 +100,11 @@ def main():
     ap.add_argument("--latency-events", type=int, default=20000)
     ap.add_argument("--rate", type=int, default=5000,
                     help="events/s produced in the latency phase")
+    ap.add_argument("--max-in-flight", type=int, default=None,
+                    help="crm.max_in_flight of the worker (default: the "
+                         "worker's default)")
+    ap.add_argument("--batch-size", type=int, default=1000,
+                    help="crm.batch_size of the worker")
     ap.add_argument("--write", action="store_true",
                     help="write the figures to docs/benchmarks.md")
     a = ap.parse_args()
@@ -126,10 +131,12 @@ def main():
         # Size the idempotency buckets by the documented rule: events per
         # day / 80 (the sample spreads occurred_at over about three days).
         buckets = max(64, len(events) // 3 // 80)
-        cfg = st.worker_config("response", {
-            "consumer.batch_max_messages": 2000,
-            "consumer.batch_max_ms": 100, "crm.batch_size": 1000,
-            "idem.buckets_per_day": buckets, "log.level": "warn"})
+        opts = {"consumer.batch_max_messages": 2000,
+                "consumer.batch_max_ms": 100, "crm.batch_size": a.batch_size,
+                "idem.buckets_per_day": buckets, "log.level": "warn"}
+        if a.max_in_flight is not None:
+            opts["crm.max_in_flight"] = a.max_in_flight
+        cfg = st.worker_config("response", opts)
         used0 = redis_used_memory(st)
 
         emu_pid = st._dv.popen.pid

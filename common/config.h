@@ -104,6 +104,7 @@ struct config {
     char *crm_client_secret; /* crm.client_secret, SECRET */
     char *crm_scope;         /* crm.scope; "" => <base_url>/.default */
     int crm_batch_size;      /* crm.batch_size */
+    int crm_max_in_flight;   /* crm.max_in_flight */
     int crm_timeout_ms;      /* crm.timeout_ms */
     int crm_connect_timeout_ms; /* crm.connect_timeout_ms */
     int crm_max_retries;        /* crm.max_retries */

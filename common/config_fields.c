@@ -88,6 +88,9 @@ static const struct config_field common_fields[] = {
           "OAuth2 scope; empty = <base_url>/.default"),
     F_INT("crm.batch_size", NULL, crm_batch_size, "100", 1, 1000,
           "Operations per $batch request"),
+    F_INT("crm.max_in_flight", NULL, crm_max_in_flight, "1", 1, 16,
+          "concurrent $batch requests per worker (Dataverse allows 52 per "
+          "user; Microsoft recommends concurrency over batch size)"),
     F_INT("crm.timeout_ms", NULL, crm_timeout_ms, "30000", 100, 600000,
           "Total timeout of one CRM HTTP request (ms)"),
     F_INT("crm.connect_timeout_ms", NULL, crm_connect_timeout_ms, "5000", 100,

@@ -33,6 +33,10 @@
 
 struct metrics;
 
+/** Upper bound of crm_options.max_in_flight (Dataverse allows 52 concurrent
+ *  requests per user; several workers may share one user). */
+#define CRM_MAX_IN_FLIGHT 16
+
 enum crm_op_flags {
     CRM_OP_CREATE_ONLY = 1, /* If-None-Match: * ; 412 means already exists */
     CRM_OP_UPDATE_ONLY = 2, /* If-Match: * */
@@ -70,7 +74,9 @@ struct crm_ops {
        retryably (network, 5xx, throttled beyond inline wait, 401 twice) its
        ops become RETRY and execute still returns CS_ERR_OK unless NOTHING
        could be sent (then the retryable error code). Ops whose result is
-       already OK or EXISTS on entry are skipped (never re-sent). */
+       already OK or EXISTS on entry are skipped (never re-sent). Up to
+       max_in_flight requests are in flight at once; after a retryable
+       failure no further request is started (those in flight finish). */
     enum cs_err (*execute)(void *self, struct crm_op *ops, size_t n,
                            char *errstr, size_t errstr_size);
     /* GET path (relative, with query) -> parsed JSON (caller json_decref).
@@ -99,6 +105,9 @@ struct crm_options {       /* all strings borrowed during crm_new */
     const char *client_secret;
     const char *scope; /* NULL/"" = base_url + "/.default" */
     int batch_size;    /* 1..1000 */
+    int max_in_flight; /* 1..CRM_MAX_IN_FLIGHT concurrent $batch requests
+                          per execute call (0 = 1), further capped by the
+                          server's x-ms-dop-hint */
     struct http_opts http;
 };
 

@@ -2,6 +2,7 @@
  * http - libcurl client with retries, backoff and the 429 gate. See http.h.
  */
 #include "common/http.h"
+#include "common/http_internal.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -16,22 +17,6 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/metrics.h"
-
-struct http_client {
-    CURL *curl;              /* one easy handle: keeps its connection cache */
-    struct metrics *m;       /* borrowed, may be NULL */
-    struct http_opts opts;   /* copy; string members point to ours below */
-    char *ca_file;           /* owned copy or NULL */
-    char *user_agent;        /* owned copy or NULL */
-    long long gate_until_ms; /* monotonic ms; no send before this */
-    uint64_t rng;            /* xorshift state for backoff jitter */
-};
-
-/* Headers of interest captured by the header callback (last response). */
-struct hdr_capture {
-    char *content_type;  /* owned */
-    long retry_after_ms; /* -1 when absent */
-};
 
 long long http_now_ms(void)
 {
@@ -201,6 +186,7 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *userdata)
         free(h->content_type);
         h->content_type = NULL;
         h->retry_after_ms = -1;
+        h->dop_hint = -1;
         return n;
     }
     colon = strchr(line, ':');
@@ -219,14 +205,18 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *userdata)
         h->content_type = strdup(value);
     } else if (strcasecmp(line, "Retry-After") == 0) {
         h->retry_after_ms = parse_retry_after(value);
+    } else if (strcasecmp(line, "x-ms-dop-hint") == 0) {
+        char *e = NULL;
+        long v;
+        errno = 0;
+        v = strtol(value, &e, 10);
+        h->dop_hint = e != value && errno == 0 && v > 0 ? v : -1;
     }
     return n;
 }
 
-/* Builds the curl header list; NULL on OOM. Caller frees with
- * curl_slist_free_all. */
-static struct curl_slist *build_headers(const struct http_header *headers,
-                                        size_t nheaders)
+struct curl_slist *http_build_headers(const struct http_header *headers,
+                                      size_t nheaders)
 {
     struct curl_slist *list = NULL;
     struct curl_slist *tmp;
@@ -250,14 +240,15 @@ static struct curl_slist *build_headers(const struct http_header *headers,
     return list;
 }
 
-/* Sets every option for one attempt (curl_easy_reset keeps connections). */
-static void setup_easy(struct http_client *c, const char *method,
-                       const char *url, struct curl_slist *hdrs,
-                       const char *body, size_t body_len, struct buf *bb,
-                       struct hdr_capture *hc)
+void http_attempt_start(struct http_client *c, CURL *h, struct http_attempt *a,
+                        const char *method, const char *url,
+                        struct curl_slist *hdrs, const char *body,
+                        size_t body_len)
 {
-    CURL *h = c->curl;
-
+    memset(a, 0, sizeof(*a));
+    a->hc.retry_after_ms = -1;
+    a->hc.dop_hint = -1;
+    /* curl_easy_reset keeps the handle's connections. */
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -266,9 +257,9 @@ static void setup_easy(struct http_client *c, const char *method,
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->opts.timeout_ms);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, bb);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &a->body);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, hc);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &a->hc);
     curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, c->opts.tls_verify ? 1L : 0L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, c->opts.tls_verify ? 2L : 0L);
@@ -287,6 +278,7 @@ static void setup_easy(struct http_client *c, const char *method,
         if (strcmp(method, "POST") != 0)
             curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     }
+    a->t0_ms = http_now_ms();
 }
 
 static void count_request(struct http_client *c, const char *kind,
@@ -306,6 +298,103 @@ static bool status_retryable(long status)
     return status >= 500 || status == 408 || status == 429;
 }
 
+enum cs_err http_gate_check(struct http_client *c, const char *method,
+                            const char *kind, long long *wait_ms,
+                            struct http_response *resp, char *errstr,
+                            size_t errstr_size)
+{
+    long long now = http_now_ms();
+    long long gate = c->gate_until_ms - now;
+
+    *wait_ms = 0;
+    if (gate <= 0)
+        return CS_ERR_OK;
+    if (gate > c->opts.max_inline_wait_ms) {
+        http_response_free(resp);
+        resp->retry_after_ms = (long)gate;
+        snprintf(errstr, errstr_size, "throttled: %s %s gated for %lld ms",
+                 method, kind, gate);
+        return CS_ERR_HTTP_THROTTLED;
+    }
+    *wait_ms = gate;
+    return CS_ERR_OK;
+}
+
+bool http_attempt_end(struct http_client *c, struct http_attempt *a,
+                      CURLcode cc, long status, const char *method,
+                      const char *kind, int attempt, struct http_response *resp,
+                      enum cs_err *rc, long long *wait_ms, char *errstr,
+                      size_t errstr_size)
+{
+    bool last = attempt >= c->opts.max_retries;
+    double secs = (double)(http_now_ms() - a->t0_ms) / 1000.0;
+    long long wait = 0;
+
+    *wait_ms = 0;
+    if (cc != CURLE_OK || status == 0) {
+        count_request(c, kind, "network", secs);
+        free(a->body.data);
+        free(a->hc.content_type);
+        a->body.data = NULL;
+        a->hc.content_type = NULL;
+        if (a->body.oom) {
+            snprintf(errstr, errstr_size, "out of memory reading body");
+            *rc = CS_ERR_NOMEM;
+            return false;
+        }
+        *rc = cc == CURLE_OPERATION_TIMEDOUT ? CS_ERR_HTTP_TIMEOUT
+                                             : CS_ERR_HTTP_NETWORK;
+        snprintf(errstr, errstr_size, "%s %s: %s", method, kind,
+                 curl_easy_strerror(cc));
+        LOG_DEBUG("http attempt failed kind=%s attempt=%d err=%s", kind,
+                  attempt, curl_easy_strerror(cc));
+        if (last)
+            return false;
+        wait = backoff_ms(c, attempt);
+    } else {
+        char code[16];
+        snprintf(code, sizeof(code), "%ld", status);
+        count_request(c, kind, code, secs);
+        http_response_free(resp);
+        resp->status = status;
+        resp->body = a->body.data;
+        resp->body_len = a->body.len;
+        resp->content_type = a->hc.content_type;
+        resp->retry_after_ms =
+            a->hc.retry_after_ms > 0 ? a->hc.retry_after_ms : 0;
+        a->body.data = NULL;
+        a->hc.content_type = NULL;
+        *rc = CS_ERR_OK;
+        if (a->hc.dop_hint > 0 && a->hc.dop_hint != c->dop_hint) {
+            LOG_DEBUG("http dop hint kind=%s dop=%ld", kind, a->hc.dop_hint);
+            c->dop_hint = a->hc.dop_hint;
+        }
+        if (status == 429) {
+            /* Missing Retry-After: 2^attempt s, as Microsoft's sample. */
+            long ra = a->hc.retry_after_ms >= 0
+                          ? a->hc.retry_after_ms
+                          : (1L << (attempt < 10 ? attempt : 10)) * 1000;
+            metrics_counter_add(c->m, "crmsync_crm_throttled_total", NULL, 1);
+            resp->retry_after_ms = ra;
+            if (http_now_ms() + ra > c->gate_until_ms)
+                c->gate_until_ms = http_now_ms() + ra;
+            LOG_WARN("http throttled kind=%s retry_after_ms=%ld", kind, ra);
+        }
+        if (!status_retryable(status) || last)
+            return false;
+        if (status != 429) {
+            wait = backoff_ms(c, attempt);
+            if (a->hc.retry_after_ms > wait)
+                wait = a->hc.retry_after_ms;
+        }
+    }
+    metrics_counter_add(c->m, "crmsync_crm_retries_total", NULL, 1);
+    if (wait > c->opts.max_inline_wait_ms)
+        wait = c->opts.max_inline_wait_ms;
+    *wait_ms = wait;
+    return true;
+}
+
 enum cs_err http_request(struct http_client *c, const char *method,
                          const char *url, const struct http_header *headers,
                          size_t nheaders, const char *body, size_t body_len,
@@ -317,97 +406,36 @@ enum cs_err http_request(struct http_client *c, const char *method,
     const char *kind = metric_kind ? metric_kind : "other";
 
     memset(resp, 0, sizeof(*resp));
-    hdrs = build_headers(headers, nheaders);
+    hdrs = http_build_headers(headers, nheaders);
     if (!hdrs) {
         snprintf(errstr, errstr_size, "out of memory");
         return CS_ERR_NOMEM;
     }
     for (int attempt = 0;; attempt++) {
-        struct buf bb = {0};
-        struct hdr_capture hc = {NULL, -1};
-        long long now = http_now_ms();
-        long long t0;
+        struct http_attempt a;
         CURLcode cc;
         long status = 0;
-        bool last = attempt >= c->opts.max_retries;
         long long wait = 0;
 
         /* The 429 gate: nothing is sent before it opens. */
-        if (c->gate_until_ms > now) {
-            long long gate = c->gate_until_ms - now;
-            if (gate > c->opts.max_inline_wait_ms) {
-                http_response_free(resp);
-                resp->retry_after_ms = (long)gate;
-                snprintf(errstr, errstr_size,
-                         "throttled: %s %s gated for %lld ms", method, kind,
-                         gate);
-                rc = CS_ERR_HTTP_THROTTLED;
-                goto out_free_headers;
-            }
-            sleep_ms(gate);
-        }
-        setup_easy(c, method, url, hdrs, body, body_len, &bb, &hc);
-        t0 = http_now_ms();
+        rc = http_gate_check(c, method, kind, &wait, resp, errstr, errstr_size);
+        if (rc != CS_ERR_OK)
+            break;
+        sleep_ms(wait);
+        http_attempt_start(c, c->curl, &a, method, url, hdrs, body, body_len);
         cc = curl_easy_perform(c->curl);
         if (cc == CURLE_OK)
             curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
-        if (cc != CURLE_OK || status == 0) {
-            count_request(c, kind, "network",
-                          (double)(http_now_ms() - t0) / 1000.0);
-            free(bb.data);
-            free(hc.content_type);
-            if (bb.oom) {
-                snprintf(errstr, errstr_size, "out of memory reading body");
-                rc = CS_ERR_NOMEM;
-                goto out_free_headers;
-            }
-            rc = cc == CURLE_OPERATION_TIMEDOUT ? CS_ERR_HTTP_TIMEOUT
-                                                : CS_ERR_HTTP_NETWORK;
-            snprintf(errstr, errstr_size, "%s %s: %s", method, kind,
-                     curl_easy_strerror(cc));
-            LOG_DEBUG("http attempt failed kind=%s attempt=%d err=%s", kind,
-                      attempt, curl_easy_strerror(cc));
-            if (last)
-                goto out_free_headers;
-            wait = backoff_ms(c, attempt);
-        } else {
-            char code[16];
-            snprintf(code, sizeof(code), "%ld", status);
-            count_request(c, kind, code, (double)(http_now_ms() - t0) / 1000.0);
-            http_response_free(resp);
-            resp->status = status;
-            resp->body = bb.data;
-            resp->body_len = bb.len;
-            resp->content_type = hc.content_type;
-            resp->retry_after_ms =
-                hc.retry_after_ms > 0 ? hc.retry_after_ms : 0;
-            rc = CS_ERR_OK;
-            if (status == 429) {
-                /* Missing Retry-After: 2^attempt s, as Microsoft's sample. */
-                long ra = hc.retry_after_ms >= 0
-                              ? hc.retry_after_ms
-                              : (1L << (attempt < 10 ? attempt : 10)) * 1000;
-                metrics_counter_add(c->m, "crmsync_crm_throttled_total", NULL,
-                                    1);
-                resp->retry_after_ms = ra;
-                if (http_now_ms() + ra > c->gate_until_ms)
-                    c->gate_until_ms = http_now_ms() + ra;
-                LOG_WARN("http throttled kind=%s retry_after_ms=%ld", kind, ra);
-            }
-            if (!status_retryable(status) || last)
-                goto out_free_headers;
-            if (status != 429) {
-                wait = backoff_ms(c, attempt);
-                if (hc.retry_after_ms > wait)
-                    wait = hc.retry_after_ms;
-            }
-        }
-        metrics_counter_add(c->m, "crmsync_crm_retries_total", NULL, 1);
-        if (wait > c->opts.max_inline_wait_ms)
-            wait = c->opts.max_inline_wait_ms;
+        if (!http_attempt_end(c, &a, cc, status, method, kind, attempt, resp,
+                              &rc, &wait, errstr, errstr_size))
+            break;
         sleep_ms(wait);
     }
-out_free_headers:
     curl_slist_free_all(hdrs);
     return rc;
+}
+
+long http_dop_hint(const struct http_client *c)
+{
+    return c->dop_hint;
 }

@@ -16,6 +16,9 @@
  * crmsync_crm_request_duration_seconds{kind}, crmsync_crm_throttled_total,
  * crmsync_crm_retries_total.
  *
+ * Concurrency: http_multi.h sends several requests of one client at once
+ * under the same rules (same gate, retries and metrics).
+ *
  * Secrets: header values and bodies are never logged or copied into errstr.
  *
  * Thread-safety: a client is used by one thread at a time (it owns one CURL
@@ -102,6 +105,10 @@ void http_response_free(struct http_response *r);
 
 /** @returns the monotonic ms until which sending is gated (0 if not gated). */
 long long http_gate_until_ms(const struct http_client *c);
+
+/** @returns the last x-ms-dop-hint (recommended degree of parallelism) any
+ *  response of this client carried, 0 when none was seen. */
+long http_dop_hint(const struct http_client *c);
 
 /** @returns the current CLOCK_MONOTONIC time in ms (same clock as the gate). */
 long long http_now_ms(void);

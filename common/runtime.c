@@ -83,6 +83,7 @@ static enum cs_err open_crm(struct runtime *rt, char *errstr,
         .client_secret = cfg->crm_client_secret,
         .scope = cfg->crm_scope,
         .batch_size = cfg->crm_batch_size,
+        .max_in_flight = cfg->crm_max_in_flight,
         .http =
             {
                 .connect_timeout_ms = cfg->crm_connect_timeout_ms,

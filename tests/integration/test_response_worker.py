@@ -329,6 +329,29 @@ def test_sigkill_and_rebalance():
         b.stop()
 
 
+def test_concurrent_batches_in_flight():
+    """crm.max_in_flight=4 with small $batch chunks and CRM latency, in
+    unique mode: several $batch requests overlap and still exactly the
+    first reaction per type, recipient and mailing lands."""
+    with Stack() as st:
+        events, _, cfg = base_stack(
+            st, 2000, seed=15, **{"crm.max_in_flight": 4,
+                                  "crm.batch_size": 25,
+                                  "response.mode": "unique"})
+        st.dv_admin("POST", "/_admin/faults", {"latency_ms": 30})
+        w = st.start_worker("response", cfg)
+        w.wait_ready(30)
+        st.produce(TOPIC, events)
+        st.wait_lag_zero(GROUP, TOPIC, timeout=180)
+        want = expected_unique(events)
+        ids = event_ids_of(responses(st))
+        assert len(ids) == len(set(ids)), "duplicate records"
+        assert set(ids) == want, "%d records, want %d" % (len(ids),
+                                                         len(want))
+        assert st.consume_all(DLQ) == []
+        w.stop()
+
+
 def test_redis_wipe_and_replay():
     """Redis data wiped and every event replayed (new consumer group): the
     CRM's deterministic ids still prevent any duplicate."""

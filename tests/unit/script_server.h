@@ -3,10 +3,13 @@
  * only; included by test_http.c and test_crm_dataverse.c).
  *
  * It listens on 127.0.0.1:0 in its own thread, keeps connections alive,
- * answers each complete request with the next scripted response (in order)
- * and records every request (method, target, headers, body, monotonic
- * arrival time, connection number) and every accept(), so tests can assert
- * what the client really sent and when.
+ * answers each complete request with the next scripted response (in order
+ * of arrival, whatever the connection) and records every request (method,
+ * target, headers, body, monotonic arrival and reply time, connection
+ * number) and every accept(), so tests can assert what the client really
+ * sent and when. Several connections are served at once: ss_start_delayed
+ * holds chosen responses back on their connection while the others go on,
+ * so tests can see overlapping requests.
  *
  * Ownership: ss_start() fills a caller-owned struct; ss_stop() joins the
  * thread and frees the recorded requests. Script strings are borrowed and
@@ -45,8 +48,9 @@ struct ss_request {
     char *headers; /* owned: raw header block */
     char *body;    /* owned, NUL-terminated */
     size_t body_len;
-    long long at_ms; /* CLOCK_MONOTONIC ms when complete */
-    int conn;        /* accept number (1-based) */
+    long long at_ms;      /* CLOCK_MONOTONIC ms when complete */
+    long long replied_ms; /* CLOCK_MONOTONIC ms when the reply was sent */
+    int conn;             /* accept number (1-based) */
 };
 
 struct ss_conn {
@@ -55,6 +59,10 @@ struct ss_conn {
     char *buf;
     size_t len;
     size_t cap;
+    bool held;             /* a delayed reply is pending on this conn */
+    struct ss_response rs; /* the held reply */
+    size_t rq;             /* index of its request (SS_MAX_REQS = none) */
+    long long due_ms;      /* when to send it */
 };
 
 struct script_server {
@@ -64,6 +72,7 @@ struct script_server {
     pthread_t thread;
     pthread_mutex_t mu;
     struct ss_response script[SS_MAX_SCRIPT];
+    int delay_ms[SS_MAX_SCRIPT]; /* hold script[i]'s reply this long */
     size_t nscript;
     size_t next;
     struct ss_request reqs[SS_MAX_REQS];
@@ -126,16 +135,38 @@ static void ss_send_all(int fd, const char *p, size_t n)
     }
 }
 
-/* Handles every complete request in c->buf. Returns false to close. */
+/* Sends a reply on c and stamps request @p rq (if recorded) as replied. */
+static void ss_reply(struct script_server *ss, struct ss_conn *c,
+                     const struct ss_response *rs, size_t rq)
+{
+    char head[2048];
+    size_t blen = rs->body ? strlen(rs->body) : 0;
+    int n =
+        snprintf(head, sizeof(head),
+                 "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\n%s\r\n", rs->status,
+                 ss_reason(rs->status), blen, rs->headers ? rs->headers : "");
+
+    pthread_mutex_lock(&ss->mu);
+    if (rq < ss->nreqs)
+        ss->reqs[rq].replied_ms = ss_now_ms();
+    pthread_mutex_unlock(&ss->mu);
+    ss_send_all(c->fd, head, (size_t)n);
+    if (blen)
+        ss_send_all(c->fd, rs->body, blen);
+}
+
+/* Handles every complete request in c->buf (none while a reply is held).
+ * Returns false to close. */
 static bool ss_serve_buffer(struct script_server *ss, struct ss_conn *c)
 {
-    for (;;) {
+    while (!c->held) {
         char *hend = NULL;
         size_t hlen;
         size_t clen = 0;
         struct ss_request rq;
         struct ss_response rs = {500, NULL, "script exhausted"};
-        char head[2048];
+        int delay = 0;
+        size_t idx = SS_MAX_REQS;
         const char *cl;
 
         for (size_t i = 0; i + 3 < c->len; i++)
@@ -163,26 +194,57 @@ static bool ss_serve_buffer(struct script_server *ss, struct ss_conn *c)
         memmove(c->buf, c->buf + hlen + clen, c->len - hlen - clen);
         c->len -= hlen + clen;
         pthread_mutex_lock(&ss->mu);
-        if (ss->nreqs < SS_MAX_REQS)
+        if (ss->nreqs < SS_MAX_REQS) {
+            idx = ss->nreqs;
             ss->reqs[ss->nreqs++] = rq;
-        else {
+        } else {
             free(rq.headers);
             free(rq.body);
         }
-        if (ss->next < ss->nscript)
+        if (ss->next < ss->nscript) {
+            delay = ss->delay_ms[ss->next];
             rs = ss->script[ss->next++];
+        }
         pthread_mutex_unlock(&ss->mu);
-        {
-            size_t blen = rs.body ? strlen(rs.body) : 0;
-            int n = snprintf(head, sizeof(head),
-                             "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\n%s\r\n",
-                             rs.status, ss_reason(rs.status), blen,
-                             rs.headers ? rs.headers : "");
-            ss_send_all(c->fd, head, (size_t)n);
-            if (blen)
-                ss_send_all(c->fd, rs.body, blen);
+        if (delay > 0) {
+            c->held = true;
+            c->rs = rs;
+            c->rq = idx;
+            c->due_ms = ss_now_ms() + delay;
+        } else {
+            ss_reply(ss, c, &rs, idx);
         }
     }
+    return true;
+}
+
+/* Sends every held reply that is due and serves what queued up behind it.
+ * Returns the poll timeout until the next held reply (ms, -1 = none). */
+static int ss_flush_held(struct script_server *ss)
+{
+    int timeout = -1;
+
+    for (int i = 0; i < SS_MAX_CONNS; i++) {
+        struct ss_conn *c = &ss->conns[i];
+        long long left;
+
+        if (c->fd < 0 || !c->held)
+            continue;
+        left = c->due_ms - ss_now_ms();
+        if (left <= 0) {
+            c->held = false;
+            ss_reply(ss, c, &c->rs, c->rq);
+            ss_serve_buffer(ss, c);
+            if (!c->held)
+                continue;
+            left = c->due_ms - ss_now_ms();
+        }
+        if (left < 0)
+            left = 0;
+        if (timeout < 0 || left < timeout)
+            timeout = (int)left;
+    }
+    return timeout;
 }
 
 static void *ss_main(void *arg)
@@ -193,6 +255,7 @@ static void *ss_main(void *arg)
         struct pollfd pfd[SS_MAX_CONNS + 2];
         int map[SS_MAX_CONNS + 2];
         nfds_t np = 0;
+        int timeout = ss_flush_held(ss);
 
         pfd[np] = (struct pollfd){ss->wake[0], POLLIN, 0};
         map[np++] = -1;
@@ -203,7 +266,7 @@ static void *ss_main(void *arg)
                 pfd[np] = (struct pollfd){ss->conns[i].fd, POLLIN, 0};
                 map[np++] = i;
             }
-        if (poll(pfd, np, 1000) < 0)
+        if (poll(pfd, np, timeout < 0 || timeout > 1000 ? 1000 : timeout) < 0)
             continue;
         if (pfd[0].revents)
             break;
@@ -225,6 +288,7 @@ static void *ss_main(void *arg)
                     ss->conns[slot].fd = fd;
                     ss->conns[slot].id = ss->accepts;
                     ss->conns[slot].len = 0;
+                    ss->conns[slot].held = false;
                 }
             }
         }
@@ -259,9 +323,11 @@ static void *ss_main(void *arg)
     return NULL;
 }
 
-/* Starts the server with a script of @p n responses. Returns 0 on success. */
-static int ss_start(struct script_server *ss, const struct ss_response *script,
-                    size_t n)
+/* Starts the server with a script of @p n responses, reply i held back
+ * delays[i] ms (delays may be NULL). Returns 0 on success. */
+static int ss_start_delayed(struct script_server *ss,
+                            const struct ss_response *script, size_t n,
+                            const int *delays)
 {
     struct sockaddr_in sa;
     socklen_t sl = sizeof(sa);
@@ -272,6 +338,8 @@ static int ss_start(struct script_server *ss, const struct ss_response *script,
         ss->conns[i].fd = -1;
     for (size_t i = 0; i < n && i < SS_MAX_SCRIPT; i++)
         ss->script[i] = script[i];
+    for (size_t i = 0; delays && i < n && i < SS_MAX_SCRIPT; i++)
+        ss->delay_ms[i] = delays[i];
     ss->nscript = n;
     pthread_mutex_init(&ss->mu, NULL);
     if (pipe(ss->wake) != 0)
@@ -288,6 +356,13 @@ static int ss_start(struct script_server *ss, const struct ss_response *script,
         return -1;
     ss->port = ntohs(sa.sin_port);
     return pthread_create(&ss->thread, NULL, ss_main, ss);
+}
+
+/* Starts the server with a script of @p n responses. Returns 0 on success. */
+static inline int ss_start(struct script_server *ss,
+                           const struct ss_response *script, size_t n)
+{
+    return ss_start_delayed(ss, script, n, NULL);
 }
 
 static void ss_stop(struct script_server *ss)

@@ -567,9 +567,13 @@ struct conn_fixture {
     char token_url[96];
 };
 
-static void fixture_start(struct conn_fixture *fx,
-                          const struct ss_response *script, size_t n,
-                          int batch_size)
+/* Starts the scripted server (reply i held delays[i] ms, delays may be
+ * NULL) and a connector with max_in_flight (0 = the default of crm_options,
+ * one) and max_inline_wait_ms. */
+static void fixture_start_ex(struct conn_fixture *fx,
+                             const struct ss_response *script, size_t n,
+                             const int *delays, int batch_size,
+                             int max_in_flight, long max_inline_wait_ms)
 {
     struct crm_options o = {
         .kind = "dataverse",
@@ -578,17 +582,18 @@ static void fixture_start(struct conn_fixture *fx,
         .client_secret = "s3cr+t/=",
         .scope = NULL,
         .batch_size = batch_size,
+        .max_in_flight = max_in_flight,
         .http = {.connect_timeout_ms = 2000,
                  .timeout_ms = 5000,
                  .max_retries = 2,
                  .backoff_base_ms = 5,
                  .backoff_max_ms = 20,
-                 .max_inline_wait_ms = 500,
+                 .max_inline_wait_ms = max_inline_wait_ms,
                  .tls_verify = true},
     };
     char err[256];
 
-    assert_int_equal(ss_start(&fx->ss, script, n), 0);
+    assert_int_equal(ss_start_delayed(&fx->ss, script, n, delays), 0);
     snprintf(fx->base, sizeof(fx->base), "http://127.0.0.1:%d", fx->ss.port);
     snprintf(fx->token_url, sizeof(fx->token_url), "%s/token", fx->base);
     o.base_url = fx->base;
@@ -598,6 +603,13 @@ static void fixture_start(struct conn_fixture *fx,
     assert_non_null(fx->crm);
 }
 
+static void fixture_start(struct conn_fixture *fx,
+                          const struct ss_response *script, size_t n,
+                          int batch_size)
+{
+    fixture_start_ex(fx, script, n, NULL, batch_size, 0, 500);
+}
+
 static void fixture_stop(struct conn_fixture *fx)
 {
     crm_free(fx->crm);
@@ -605,12 +617,23 @@ static void fixture_stop(struct conn_fixture *fx)
     metrics_free(fx->m);
 }
 
+/* Distinct records, so that chunks of them may be in flight together. */
+static char *const OP_PATHS[] = {
+    "campaignresponses(00000000-0000-0000-0000-000000000001)",
+    "campaignresponses(00000000-0000-0000-0000-000000000002)",
+    "campaignresponses(00000000-0000-0000-0000-000000000003)",
+    "campaignresponses(00000000-0000-0000-0000-000000000004)",
+    "campaignresponses(00000000-0000-0000-0000-000000000005)",
+    "campaignresponses(00000000-0000-0000-0000-000000000006)",
+};
+
 static void simple_ops(struct crm_op *ops, size_t n)
 {
+    assert_true(n <= sizeof(OP_PATHS) / sizeof(OP_PATHS[0]));
     memset(ops, 0, n * sizeof(ops[0]));
     for (size_t i = 0; i < n; i++) {
         ops[i].method = "PATCH";
-        ops[i].path = "campaignresponses(00000000-0000-0000-0000-000000000001)";
+        ops[i].path = OP_PATHS[i];
         ops[i].body = "{\"subject\":\"open\"}";
         ops[i].flags = CRM_OP_CREATE_ONLY;
     }
@@ -789,6 +812,187 @@ static void test_throttled_batch_is_retry(void **state)
     fixture_stop(&fx);
 }
 
+/* Most requests in [from, nreqs) the server had open at once: for each
+ * arrival, how many of them had arrived and were not yet answered. */
+static int max_overlap(struct script_server *ss, size_t from)
+{
+    int best = 0;
+
+    for (size_t i = from; i < ss->nreqs; i++) {
+        int open = 0;
+        for (size_t j = from; j < ss->nreqs; j++)
+            if (ss->reqs[j].at_ms <= ss->reqs[i].at_ms &&
+                ss->reqs[i].at_ms < ss->reqs[j].replied_ms)
+                open++;
+        best = open > best ? open : best;
+    }
+    return best;
+}
+
+/* Runs execute on n PATCH ops and asserts every op ended OK. */
+static void execute_all_ok(struct conn_fixture *fx, struct crm_op *ops,
+                           size_t n)
+{
+    char err[256];
+
+    simple_ops(ops, n);
+    assert_int_equal(
+        fx->crm->ops->execute(fx->crm->self, ops, n, err, sizeof(err)),
+        CS_ERR_OK);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(ops[i].result, CRM_OP_OK);
+}
+
+static void test_in_flight_chunks_overlap(void **state)
+{
+    static const struct ss_response script[] = {
+        {200, NULL, TOKEN1},   {200, MP_HDR, ONE_OK}, {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK}, {200, MP_HDR, ONE_OK},
+    };
+    static const int delays[] = {0, 300, 300, 300, 300};
+    struct conn_fixture fx;
+    struct crm_op ops[4];
+    long long t0;
+    long long first_reply = 0;
+
+    (void)state;
+    fixture_start_ex(&fx, script, 5, delays, 1, 4, 500);
+    t0 = ss_now_ms();
+    execute_all_ok(&fx, ops, 4);
+    assert_int_equal(ss_nreqs(&fx.ss), 5);
+    /* All four $batch requests reached the server before any answer. */
+    for (size_t r = 1; r < 5; r++)
+        if (!first_reply || fx.ss.reqs[r].replied_ms < first_reply)
+            first_reply = fx.ss.reqs[r].replied_ms;
+    for (size_t r = 1; r < 5; r++)
+        assert_true(fx.ss.reqs[r].at_ms < first_reply);
+    assert_int_equal(max_overlap(&fx.ss, 1), 4);
+    assert_true(ss_now_ms() - t0 < 4 * 300);
+    /* Each op went exactly once, in its own request. */
+    assert_true(metrics_counter_get(fx.m, "crmsync_crm_requests_total",
+                                    "kind=\"batch\",status=\"200\"") == 4.0);
+    assert_true(metrics_counter_get(fx.m, "crmsync_crm_operations_total",
+                                    "result=\"ok\"") == 4.0);
+    fixture_stop(&fx);
+}
+
+static void test_max_in_flight_1_is_sequential(void **state)
+{
+    static const struct ss_response script[] = {
+        {200, NULL, TOKEN1},
+        {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK},
+    };
+    static const int delays[] = {0, 100, 100, 100};
+    struct conn_fixture fx;
+    struct crm_op ops[3];
+
+    (void)state;
+    fixture_start_ex(&fx, script, 4, delays, 1, 1, 500);
+    execute_all_ok(&fx, ops, 3);
+    assert_int_equal(ss_nreqs(&fx.ss), 4);
+    for (size_t r = 2; r < 4; r++)
+        assert_true(fx.ss.reqs[r].at_ms >= fx.ss.reqs[r - 1].replied_ms);
+    assert_int_equal(max_overlap(&fx.ss, 1), 1);
+    /* One kept-alive connection carries the three $batch requests. */
+    assert_int_equal(fx.ss.reqs[1].conn, fx.ss.reqs[3].conn);
+    fixture_stop(&fx);
+}
+
+static void test_429_holds_back_every_send(void **state)
+{
+    /* Two in flight: the first arrival is throttled for 1 s, the second
+       fails with 503 100 ms later; its retry, the throttled one's retry and
+       the two chunks not sent yet must all wait for Retry-After. */
+    static const struct ss_response script[] = {
+        {200, NULL, TOKEN1},   {429, "Retry-After: 1\r\n", NULL},
+        {503, NULL, "busy"},   {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK}, {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK},
+    };
+    static const int delays[] = {0, 0, 100, 0, 0, 0, 0};
+    struct conn_fixture fx;
+    struct crm_op ops[4];
+    long long gate_from;
+    size_t later = 0;
+
+    (void)state;
+    fixture_start_ex(&fx, script, 7, delays, 1, 2, 2000);
+    execute_all_ok(&fx, ops, 4);
+    assert_int_equal(ss_nreqs(&fx.ss), 7);
+    assert_int_equal(fx.ss.reqs[2].at_ms - fx.ss.reqs[1].at_ms < 100, true);
+    gate_from = fx.ss.reqs[1].replied_ms;
+    for (size_t r = 2; r < 7; r++) {
+        if (fx.ss.reqs[r].at_ms <= gate_from)
+            continue; /* was already on the wire */
+        later++;
+        assert_true(fx.ss.reqs[r].at_ms - gate_from >= 990);
+    }
+    assert_int_equal(later, 4);
+    assert_true(
+        metrics_counter_get(fx.m, "crmsync_crm_throttled_total", NULL) == 1.0);
+    assert_true(metrics_counter_get(fx.m, "crmsync_crm_retries_total", NULL) ==
+                2.0);
+    fixture_stop(&fx);
+}
+
+static void test_dop_hint_caps_in_flight(void **state)
+{
+    static const struct ss_response script[] = {
+        {200, NULL, TOKEN1},   {200, MP_HDR "x-ms-dop-hint: 2\r\n", ONE_OK},
+        {200, MP_HDR, ONE_OK}, {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK}, {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK},
+    };
+    static const int delays[] = {0, 0, 150, 150, 150, 150, 150};
+    struct conn_fixture fx;
+    struct crm_op ops[5];
+
+    (void)state;
+    fixture_start_ex(&fx, script, 7, delays, 1, 4, 500);
+    execute_all_ok(&fx, ops, 1); /* learns the hint */
+    execute_all_ok(&fx, ops, 5);
+    assert_int_equal(ss_nreqs(&fx.ss), 7);
+    assert_int_equal(max_overlap(&fx.ss, 2), 2);
+    fixture_stop(&fx);
+}
+
+static void test_same_record_keeps_order(void **state)
+{
+    /* ops 0 and 2 write the same record (unique mode: the first create-only
+       write must win), op 1 another: 0 and 1 go together, 2 only after 0
+       was answered. */
+    static const struct ss_response script[] = {
+        {200, NULL, TOKEN1},
+        {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK},
+        {200, MP_HDR, ONE_OK},
+    };
+    static const int delays[] = {0, 200, 200, 200};
+    struct conn_fixture fx;
+    struct crm_op ops[3];
+    char err[256];
+    size_t first = 0;
+    size_t second = 0;
+
+    (void)state;
+    fixture_start_ex(&fx, script, 4, delays, 1, 4, 500);
+    simple_ops(ops, 3);
+    ops[2].path = OP_PATHS[0];
+    assert_int_equal(
+        fx.crm->ops->execute(fx.crm->self, ops, 3, err, sizeof(err)),
+        CS_ERR_OK);
+    assert_int_equal(ss_nreqs(&fx.ss), 4);
+    for (size_t r = 1; r < 4; r++)
+        if (strstr(fx.ss.reqs[r].body, OP_PATHS[0]))
+            *(first ? &second : &first) = r;
+    assert_true(first > 0 && second > first);
+    assert_true(fx.ss.reqs[second].at_ms >= fx.ss.reqs[first].replied_ms);
+    assert_int_equal(max_overlap(&fx.ss, 1), 2);
+    fixture_stop(&fx);
+}
+
 static void test_get_json_follows_next_link(void **state)
 {
     static const struct ss_response script[] = {
@@ -868,6 +1072,10 @@ static void test_crm_new_rejects_bad_options(void **state)
     assert_null(crm_new(&o, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "batch_size"));
     assert_null(strstr(err, "topsecret"));
+    o.batch_size = 10;
+    o.max_in_flight = 17;
+    assert_null(crm_new(&o, NULL, err, sizeof(err)));
+    assert_non_null(strstr(err, "max_in_flight"));
     crm_free(NULL);
 }
 
@@ -890,6 +1098,11 @@ int main(void)
         cmocka_unit_test(test_401_twice_is_retry),
         cmocka_unit_test(test_chunking_keeps_changesets_and_skips_done),
         cmocka_unit_test(test_throttled_batch_is_retry),
+        cmocka_unit_test(test_in_flight_chunks_overlap),
+        cmocka_unit_test(test_max_in_flight_1_is_sequential),
+        cmocka_unit_test(test_429_holds_back_every_send),
+        cmocka_unit_test(test_dop_hint_caps_in_flight),
+        cmocka_unit_test(test_same_record_keeps_order),
         cmocka_unit_test(test_get_json_follows_next_link),
         cmocka_unit_test(test_get_json_404_and_ping),
         cmocka_unit_test(test_crm_new_rejects_bad_options),

@@ -1,6 +1,7 @@
 /*
  * test_http - retries, backoff, the 429 gate and keep-alive of the libcurl
- * client against a scripted HTTP server on 127.0.0.1:0.
+ * client and of http_multi (concurrent requests, shared gate) against a
+ * scripted HTTP server on 127.0.0.1:0.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 #include <cmocka.h>
 
 #include "common/http.h"
+#include "common/http_multi.h"
 #include "common/metrics.h"
 #include "script_server.h"
 
@@ -336,6 +338,88 @@ static void test_headers_and_body_sent(void **state)
     ss_stop(&ss);
 }
 
+static void test_multi_concurrent_retry_and_long_gate(void **state)
+{
+    /* Three slots: one request meets a 503 and is retried, all three end
+       200 after being on the wire together; then a 429 with a long
+       Retry-After ends a queued request as THROTTLED without sending it. */
+    static const struct ss_response script[] = {
+        {503, NULL, "busy"},
+        {200, NULL, "a"},
+        {200, NULL, "b"},
+        {200, NULL, "c"},
+        {429, "Retry-After: 30\r\n", NULL},
+    };
+    static const int delays[] = {0, 150, 150, 150, 0};
+    struct script_server ss;
+    struct http_opts o = fast_opts();
+    struct metrics *m = metrics_new("test");
+    struct http_client *c;
+    struct http_multi *hm;
+    struct http_multi_req reqs[4];
+    struct http_multi_req *done;
+    char err[256];
+    char url[128];
+    int finished = 0;
+
+    (void)state;
+    assert_int_equal(ss_start_delayed(&ss, script, 5, delays), 0);
+    c = http_client_new(&o, m, err, sizeof(err));
+    assert_non_null(c);
+    hm = http_multi_new(c, 3, err, sizeof(err));
+    assert_non_null(hm);
+    assert_int_equal(http_multi_capacity(hm), 3);
+    url_of(&ss, "/m", url, sizeof(url));
+    memset(reqs, 0, sizeof(reqs));
+    for (int i = 0; i < 4; i++) {
+        reqs[i].method = "POST";
+        reqs[i].url = url;
+        reqs[i].body = "x";
+        reqs[i].body_len = 1;
+        reqs[i].metric_kind = "batch";
+    }
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(http_multi_add(hm, &reqs[i], err, sizeof(err)),
+                         CS_ERR_OK);
+    assert_int_equal(http_multi_add(hm, &reqs[3], err, sizeof(err)),
+                     CS_ERR_INVALID_ARG);
+    assert_int_equal(http_multi_outstanding(hm), 3);
+    while ((done = http_multi_wait(hm)) != NULL) {
+        assert_int_equal(done->rc, CS_ERR_OK);
+        assert_int_equal(done->resp.status, 200);
+        assert_non_null(done->resp.body);
+        http_response_free(&done->resp);
+        finished++;
+    }
+    assert_int_equal(finished, 3);
+    assert_int_equal(ss_nreqs(&ss), 4);
+    /* The three first sends were all on the wire before any answer. */
+    assert_true(ss.reqs[2].at_ms < ss.reqs[1].replied_ms);
+    assert_true(ss.reqs[3].at_ms < ss.reqs[1].replied_ms);
+    assert_true(metrics_counter_get(m, "crmsync_crm_retries_total", NULL) ==
+                1.0);
+    /* 429 (Retry-After 30 s > max_inline_wait_ms): the next one is not
+       sent at all. */
+    assert_int_equal(http_multi_add(hm, &reqs[0], err, sizeof(err)), CS_ERR_OK);
+    done = http_multi_wait(hm);
+    assert_ptr_equal(done, &reqs[0]);
+    assert_int_equal(done->rc, CS_ERR_HTTP_THROTTLED); /* as http_request */
+    assert_int_equal(ss_nreqs(&ss), 5);
+    http_response_free(&done->resp);
+    assert_int_equal(http_multi_add(hm, &reqs[1], err, sizeof(err)), CS_ERR_OK);
+    done = http_multi_wait(hm);
+    assert_ptr_equal(done, &reqs[1]);
+    assert_int_equal(done->rc, CS_ERR_HTTP_THROTTLED);
+    assert_true(done->resp.retry_after_ms > 25000);
+    http_response_free(&done->resp);
+    assert_null(http_multi_wait(hm));
+    assert_int_equal(ss_nreqs(&ss), 5);
+    http_multi_free(hm);
+    http_client_free(c);
+    ss_stop(&ss);
+    metrics_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -348,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_connection_refused_is_network_error),
         cmocka_unit_test(test_keep_alive_reuses_connection),
         cmocka_unit_test(test_headers_and_body_sent),
+        cmocka_unit_test(test_multi_concurrent_retry_and_long_gate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
