@@ -22,9 +22,10 @@ extern char **environ; /* POSIX; not declared under _POSIX_C_SOURCE alone */
 #define KAFKA_ENV_PREFIX "CRMSYNC_KAFKA_"
 #define DATAVERSE_LOGIN  "https://login.microsoftonline.com/"
 
-/* Sets (or replaces) kafka passthrough @p key. Copies both strings. */
-static enum cs_err kafka_set(struct config *cfg, const char *key,
-                             const char *value)
+/* Sets (or replaces) @p key in the key/value list *kvs (*cnt entries).
+ * Copies both strings. */
+static enum cs_err kv_set(struct config_kv **kvs, size_t *cnt, const char *key,
+                          const char *value)
 {
     char *v = strdup(value);
     char *k = NULL;
@@ -32,23 +33,23 @@ static enum cs_err kafka_set(struct config *cfg, const char *key,
 
     if (v == NULL)
         return CS_ERR_NOMEM;
-    for (size_t i = 0; i < cfg->kafka_cnt; i++) {
-        if (strcmp(cfg->kafka[i].key, key) == 0) {
-            free(cfg->kafka[i].value);
-            cfg->kafka[i].value = v;
+    for (size_t i = 0; i < *cnt; i++) {
+        if (strcmp((*kvs)[i].key, key) == 0) {
+            free((*kvs)[i].value);
+            (*kvs)[i].value = v;
             return CS_ERR_OK;
         }
     }
     k = strdup(key);
     if (k == NULL)
         goto out_free_value;
-    grown = realloc(cfg->kafka, (cfg->kafka_cnt + 1) * sizeof(*grown));
+    grown = realloc(*kvs, (*cnt + 1) * sizeof(*grown));
     if (grown == NULL)
         goto out_free_key;
-    cfg->kafka = grown;
-    cfg->kafka[cfg->kafka_cnt].key = k;
-    cfg->kafka[cfg->kafka_cnt].value = v;
-    cfg->kafka_cnt++;
+    *kvs = grown;
+    (*kvs)[*cnt].key = k;
+    (*kvs)[*cnt].value = v;
+    (*cnt)++;
     return CS_ERR_OK;
 
 out_free_key:
@@ -56,6 +57,23 @@ out_free_key:
 out_free_value:
     free(v);
     return CS_ERR_NOMEM;
+}
+
+static enum cs_err kafka_set(struct config *cfg, const char *key,
+                             const char *value)
+{
+    return kv_set(&cfg->kafka, &cfg->kafka_cnt, key, value);
+}
+
+static void kv_free(struct config_kv **kvs, size_t *cnt)
+{
+    for (size_t i = 0; i < *cnt; i++) {
+        free((*kvs)[i].key);
+        free((*kvs)[i].value);
+    }
+    free(*kvs);
+    *kvs = NULL;
+    *cnt = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -142,10 +160,66 @@ static enum cs_err loader_defaults(struct config_loader *ld,
 
 bool config_loader_is_mapping(const struct config_loader *ld, const char *name)
 {
-    return strcmp(name, "kafka") == 0 ||
+    return strcmp(name, "kafka") == 0 || strcmp(name, "tenants") == 0 ||
+           strncmp(name, CONFIG_TENANTS_PREFIX,
+                   strlen(CONFIG_TENANTS_PREFIX)) == 0 ||
            strncmp(name, CONFIG_KAFKA_PREFIX, strlen(CONFIG_KAFKA_PREFIX)) ==
                0 ||
            loader_is_group(ld, name);
+}
+
+/* "tenants.<tenant>.<field>: value": checked against the field's type and
+ * bounds now (on a scratch copy), stored as "<tenant>.<field>" for
+ * config_tenant_section(). Only CONFIG_PER_TENANT fields of the worker's
+ * own sections may be overridden. */
+static enum cs_err loader_tenant_value(struct config_loader *ld,
+                                       const char *rest,
+                                       enum config_value_kind kind,
+                                       const char *text, const char *origin)
+{
+    const char *dot = strchr(rest, '.');
+    const struct config_field *f = NULL;
+    void *target = NULL;
+    void *scratch;
+    enum cs_err err;
+
+    if (dot == NULL || dot == rest || dot[1] == '\0') {
+        config_set_err(ld->errstr, ld->errstr_size,
+                       "tenants.%s: want tenants.<tenant>.<setting> (%s)", rest,
+                       origin);
+        return CS_ERR_CONFIG;
+    }
+    f = loader_find(ld, dot + 1, &target);
+    if (f == NULL || !(f->flags & CONFIG_PER_TENANT)) {
+        config_set_err(ld->errstr, ld->errstr_size, "tenants.%s: '%s' %s (%s)",
+                       rest, dot + 1,
+                       f == NULL ? "is not a setting"
+                                 : "cannot be set per tenant",
+                       origin);
+        return CS_ERR_CONFIG;
+    }
+    if (kind == CONFIG_VALUE_OTHER || text == NULL ||
+        (kind == CONFIG_VALUE_LIST && f->type != CONFIG_STRING)) {
+        config_set_err(ld->errstr, ld->errstr_size,
+                       "tenants.%s must be a single %s value (%s)", rest,
+                       config_type_name(f->type), origin);
+        return CS_ERR_CONFIG;
+    }
+    /* Every member type is at most pointer-sized. */
+    scratch = calloc(1, f->offset + sizeof(void *) + sizeof(long));
+    if (scratch == NULL)
+        return CS_ERR_NOMEM;
+    err =
+        config_field_set(f, scratch, text, origin, ld->errstr, ld->errstr_size);
+    if (f->type == CONFIG_STRING)
+        free(*config_member_str(f, scratch));
+    free(scratch);
+    if (err != CS_ERR_OK)
+        return err;
+    err = kv_set(&ld->cfg->tenant_kv, &ld->cfg->tenant_kv_cnt, rest, text);
+    if (err != CS_ERR_OK)
+        config_set_err(ld->errstr, ld->errstr_size, "out of memory");
+    return err;
 }
 
 enum cs_err config_loader_file_value(struct config_loader *ld, const char *name,
@@ -169,8 +243,12 @@ enum cs_err config_loader_file_value(struct config_loader *ld, const char *name,
             config_set_err(ld->errstr, ld->errstr_size, "out of memory");
         return err;
     }
-    if (strcmp(name, "kafka") == 0 && kind == CONFIG_VALUE_SCALAR &&
-        text[0] == '\0')
+    if (strncmp(name, CONFIG_TENANTS_PREFIX, strlen(CONFIG_TENANTS_PREFIX)) ==
+        0)
+        return loader_tenant_value(ld, name + strlen(CONFIG_TENANTS_PREFIX),
+                                   kind, text, origin);
+    if ((strcmp(name, "kafka") == 0 || strcmp(name, "tenants") == 0) &&
+        kind == CONFIG_VALUE_SCALAR && text[0] == '\0')
         return CS_ERR_OK; /* "kafka:" with nothing under it */
     f = loader_find(ld, name, &target);
     if (f == NULL) {
@@ -420,13 +498,8 @@ void config_free(struct config *cfg, const struct config_section *extra,
                 *config_member_str(f, cfg) = NULL;
             }
         }
-        for (size_t i = 0; i < cfg->kafka_cnt; i++) {
-            free(cfg->kafka[i].key);
-            free(cfg->kafka[i].value);
-        }
-        free(cfg->kafka);
-        cfg->kafka = NULL;
-        cfg->kafka_cnt = 0;
+        kv_free(&cfg->kafka, &cfg->kafka_cnt);
+        kv_free(&cfg->tenant_kv, &cfg->tenant_kv_cnt);
         free(cfg->config_path);
         cfg->config_path = NULL;
     }

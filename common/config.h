@@ -41,6 +41,8 @@
 enum config_type { CONFIG_STRING, CONFIG_INT, CONFIG_BOOL };
 #define CONFIG_SECRET   0x1u /* value redacted ("***") whenever printed */
 #define CONFIG_REQUIRED 0x2u /* must be non-empty after loading */
+#define CONFIG_PER_TENANT                                                      \
+    0x4u /* may be overridden under tenants.<name>. (config_tenant_section) */
 
 struct config_field {
     const char *name; /* dotted YAML path, e.g. "redis.url" */
@@ -120,6 +122,12 @@ struct config {
        redacted when printed. */
     struct config_kv *kafka;
     size_t kafka_cnt;
+    /* per-tenant overrides: "tenants: {<tenant>: {<setting>: value}}" in the
+       file (no environment form), stored as key "<tenant>.<setting>" in file
+       order; only CONFIG_PER_TENANT settings, validated at load. Tenant
+       names cannot contain '.'. */
+    struct config_kv *tenant_kv;
+    size_t tenant_kv_cnt;
 };
 
 /**
@@ -170,6 +178,33 @@ void config_print_effective(FILE *out, const struct config *cfg,
  */
 enum cs_err config_apply_kafka(const struct config *cfg, rd_kafka_conf_t *conf,
                                char *errstr, size_t errstr_size);
+
+/**
+ * @brief The tenants that have overrides, in first-mention order.
+ * @returns the number of distinct tenants; config_tenant_name(cfg, i, buf,
+ *          size) copies name i into @p buf and returns it (NULL when i is
+ *          out of range or the name does not fit).
+ */
+size_t config_tenant_count(const struct config *cfg);
+const char *config_tenant_name(const struct config *cfg, size_t i, char *buf,
+                               size_t size);
+
+/**
+ * @brief The effective settings of section @p sec for @p tenant: every field
+ *        copied from sec->target (as loaded), then the tenant's overrides.
+ * @param out a struct of the section's type; its table members are
+ *        overwritten without being freed (string members are fresh copies:
+ *        free them with config_section_free(sec, out)).
+ * @returns CS_ERR_OK or CS_ERR_NOMEM (values were validated at load).
+ */
+enum cs_err config_tenant_section(const struct config *cfg,
+                                  const struct config_section *sec,
+                                  const char *tenant, void *out, char *errstr,
+                                  size_t errstr_size);
+
+/* Frees the string members of @p target described by @p sec's table and
+ * sets them to NULL. NULL-safe. */
+void config_section_free(const struct config_section *sec, void *target);
 
 /* Looks up a kafka passthrough value, or NULL (borrowed from cfg). */
 const char *config_kafka_get(const struct config *cfg, const char *key);

@@ -27,9 +27,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define CONFIG_REDACTED     "***" /* printed in place of a secret value */
-#define CONFIG_KAFKA_PREFIX "kafka."
-#define CONFIG_NAME_BUF     256 /* longest dotted key we accept */
+#define CONFIG_REDACTED       "***" /* printed in place of a secret value */
+#define CONFIG_KAFKA_PREFIX   "kafka."
+#define CONFIG_TENANTS_PREFIX "tenants."
+#define CONFIG_NAME_BUF       256 /* longest dotted key we accept */
 
 /* ---- config_fields.c: the common table and field values ---- */
 

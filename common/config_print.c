@@ -100,6 +100,26 @@ void config_print_effective(FILE *out, const struct config *cfg,
                                    : kv->value);
         fputc('\n', out);
     }
+    if (cfg->tenant_kv_cnt > 0)
+        fputs("# per-tenant overrides\n", out);
+    for (size_t i = 0; i < cfg->tenant_kv_cnt; i++) {
+        fprintf(out, "%s%s: ", CONFIG_TENANTS_PREFIX, cfg->tenant_kv[i].key);
+        print_yaml_scalar(out, cfg->tenant_kv[i].value);
+        fputc('\n', out);
+    }
+}
+
+/* true when some field of the worker can be overridden per tenant. */
+static bool any_per_tenant(const struct config_section *common,
+                           const struct config_section *extra, size_t nextra)
+{
+    for (size_t s = 0; s <= nextra; s++) {
+        const struct config_section *sec = config_section_at(common, extra, s);
+        for (size_t i = 0; i < sec->nfields; i++)
+            if (sec->fields[i].flags & CONFIG_PER_TENANT)
+                return true;
+    }
+    return false;
 }
 
 /* "1..100000", "all|unique", "true|false" or "" (strings). */
@@ -141,15 +161,21 @@ void config_print_help(FILE *out, const char *worker,
             char bounds[256];
 
             format_bounds(bounds, sizeof(bounds), f);
-            fprintf(out, "  %s (%s%s%s%s%s) default \"%s\"%s%s\n      %s\n",
+            fprintf(out, "  %s (%s%s%s%s%s%s) default \"%s\"%s%s\n      %s\n",
                     f->name, config_type_name(f->type), bounds[0] ? " " : "",
                     bounds, (f->flags & CONFIG_REQUIRED) ? ", required" : "",
                     (f->flags & CONFIG_SECRET) ? ", secret" : "",
+                    (f->flags & CONFIG_PER_TENANT) ? ", per tenant" : "",
                     config_field_default(f, topics_default),
                     f->env != NULL ? " env " : "", f->env != NULL ? f->env : "",
                     f->doc);
         }
     }
+    if (any_per_tenant(&common, extra, nextra))
+        fprintf(out, "\n[tenants]\n"
+                     "  tenants.<tenant>.<setting> (file only)\n"
+                     "      Overrides a setting marked \"per tenant\" for "
+                     "events of that tenant.\n");
     fprintf(out, "\n[kafka]\n"
                  "  kafka.<property> (string) env CRMSYNC_KAFKA_<PROPERTY>\n"
                  "      Any librdkafka property, passed through verbatim (env: "
@@ -210,6 +236,8 @@ void config_print_markdown(FILE *out, const char *worker,
             fputs(" | ", out);
             if (f->flags & CONFIG_REQUIRED)
                 fputs("Required. ", out);
+            if (f->flags & CONFIG_PER_TENANT)
+                fputs("Per tenant. ", out);
             print_md_cell(out, f->doc, false);
             fputs(" |\n", out);
         }
@@ -219,6 +247,10 @@ void config_print_markdown(FILE *out, const char *worker,
           "upper-case, `.` becomes `_`); `kafka.bootstrap.servers` is "
           "required |\n",
           out);
+    if (any_per_tenant(&common, extra, nextra))
+        fputs("| `tenants.<tenant>.<setting>` | | | | | File only: overrides "
+              "a setting marked *Per tenant* for events of that tenant |\n",
+              out);
 }
 
 /* ------------------------------------------------------------------ */

@@ -146,11 +146,11 @@ struct response_opts {
 
 static const struct config_field response_fields[] = {
     {"response.mode", "TEST_CONFIG_MODE", CONFIG_STRING,
-     offsetof(struct response_opts, mode), "all", 0, 0, 0, "all|unique",
-     "Which reactions become responses"},
+     offsetof(struct response_opts, mode), "all", 0, 0, CONFIG_PER_TENANT,
+     "all|unique", "Which reactions become responses"},
     {"response.window_s", NULL, CONFIG_INT,
-     offsetof(struct response_opts, window_s), "60", 1, 3600, 0, NULL,
-     "Dedupe window (s)"},
+     offsetof(struct response_opts, window_s), "60", 1, 3600, CONFIG_PER_TENANT,
+     NULL, "Dedupe window (s)"},
     {"response.filter_machine_opens", NULL, CONFIG_BOOL,
      offsetof(struct response_opts, filter_machine_opens), "false", 0, 0, 0,
      NULL, "Drop machine opens"},
@@ -672,6 +672,95 @@ static void test_extra_section(void **state)
     config_free(&cfg, &sec, 1);
 }
 
+static void test_tenant_overrides(void **state)
+{
+    struct config cfg;
+    struct response_opts opts;
+    struct response_opts t = {0};
+    struct config_section sec;
+    char errstr[512];
+    char name[64];
+    char *text;
+
+    (void)state;
+    memset(&opts, 0xab, sizeof(opts));
+    response_section(&sec, &opts);
+    env_minimal();
+
+    assert_load_ok(load_text(&cfg,
+                             "response:\n  window_s: 30\n"
+                             "tenants:\n"
+                             "  acme:\n    response.mode: unique\n"
+                             "  beta-2:\n    response: {window_s: 7}\n"
+                             "  acme.response.window_s: 9\n",
+                             &sec, 1, errstr, sizeof(errstr)),
+                   errstr);
+    assert_int_equal(config_tenant_count(&cfg), 2);
+    assert_string_equal(config_tenant_name(&cfg, 0, name, sizeof(name)),
+                        "acme");
+    assert_string_equal(config_tenant_name(&cfg, 1, name, sizeof(name)),
+                        "beta-2");
+    assert_null(config_tenant_name(&cfg, 2, name, sizeof(name)));
+
+    assert_int_equal(
+        config_tenant_section(&cfg, &sec, "acme", &t, errstr, sizeof(errstr)),
+        CS_ERR_OK);
+    assert_string_equal(t.mode, "unique");
+    assert_int_equal(t.window_s, 9);
+    config_section_free(&sec, &t);
+    assert_null(t.mode);
+    assert_int_equal(
+        config_tenant_section(&cfg, &sec, "beta-2", &t, errstr, sizeof(errstr)),
+        CS_ERR_OK);
+    assert_string_equal(t.mode, "all"); /* section value */
+    assert_int_equal(t.window_s, 7);
+    config_section_free(&sec, &t);
+    assert_int_equal(
+        config_tenant_section(&cfg, &sec, "other", &t, errstr, sizeof(errstr)),
+        CS_ERR_OK);
+    assert_int_equal(t.window_s, 30); /* no overrides: the loaded value */
+    config_section_free(&sec, &t);
+
+    text = effective_text(&cfg, &sec, 1);
+    assert_contains(text, "tenants.acme.response.mode: unique\n");
+    assert_contains(text, "tenants.beta-2.response.window_s: 7\n");
+    free(text);
+    config_free(&cfg, &sec, 1);
+
+    /* Bounds and choices are checked at load, naming the tenant. */
+    assert_int_equal(load_text(&cfg,
+                               "tenants:\n  acme:\n    response.mode: x\n",
+                               &sec, 1, errstr, sizeof(errstr)),
+                     CS_ERR_CONFIG);
+    assert_contains(errstr, "response.mode");
+    assert_contains(errstr, "all|unique");
+    config_free(&cfg, &sec, 1);
+    assert_int_equal(load_text(&cfg,
+                               "tenants:\n  acme:\n    response.window_s: 0\n",
+                               &sec, 1, errstr, sizeof(errstr)),
+                     CS_ERR_CONFIG);
+    assert_contains(errstr, "1..3600");
+    config_free(&cfg, &sec, 1);
+    /* Only per-tenant settings. */
+    assert_int_equal(load_text(&cfg,
+                               "tenants:\n  acme:\n    "
+                               "response.filter_machine_opens: true\n",
+                               &sec, 1, errstr, sizeof(errstr)),
+                     CS_ERR_CONFIG);
+    assert_contains(errstr, "cannot be set per tenant");
+    config_free(&cfg, &sec, 1);
+    assert_int_equal(load_text(&cfg, "tenants:\n  acme:\n    redis.url: x\n",
+                               &sec, 1, errstr, sizeof(errstr)),
+                     CS_ERR_CONFIG);
+    assert_contains(errstr, "cannot be set per tenant");
+    config_free(&cfg, &sec, 1);
+    assert_int_equal(load_text(&cfg, "tenants:\n  acme: 3\n", &sec, 1, errstr,
+                               sizeof(errstr)),
+                     CS_ERR_CONFIG);
+    assert_contains(errstr, "tenants.acme");
+    config_free(&cfg, &sec, 1);
+}
+
 static void test_help_and_markdown(void **state)
 {
     struct response_opts opts;
@@ -694,7 +783,8 @@ static void test_help_and_markdown(void **state)
     assert_contains(buf, "redis.url (string, required, secret)");
     assert_contains(buf, "log.level (string debug|info|warn|error");
     assert_contains(buf, "[response worker]");
-    assert_contains(buf, "response.mode (string all|unique)");
+    assert_contains(buf, "response.mode (string all|unique, per tenant)");
+    assert_contains(buf, "tenants.<tenant>.<setting> (file only)");
     assert_contains(buf, "CRMSYNC_KAFKA_<PROPERTY>");
     free(buf);
 
@@ -848,6 +938,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_effective_round_trip, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_extra_section, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tenant_overrides, setup, teardown),
         cmocka_unit_test_setup_teardown(test_help_and_markdown, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cli, setup, teardown),
