@@ -24,6 +24,7 @@
 #include <hiredis/hiredis.h>
 
 #include "common/idem.h"
+#include "common/redis_conn.h"
 #include "tests/support/redis_server.h"
 
 #define BATCH            1000
@@ -204,9 +205,8 @@ static int run_idem(const struct bench_opts *bo, const char *url,
                     redisContext *admin)
 {
     char errstr[256];
+    struct redis_conn_opts ro = {.url = url, .timeout_ms = 30000};
     struct idem_opts o = {
-        .redis_url = url,
-        .timeout_ms = 30000,
         .ns = "bench",
         .owner = NULL,
         .ttl_days = 7,
@@ -216,6 +216,7 @@ static int run_idem(const struct bench_opts *bo, const char *url,
     char(*ids)[ID_LEN] = malloc(BATCH * sizeof(*ids));
     struct idem_key keys[BATCH];
     enum idem_state out[BATCH];
+    struct redis_conn *redis = NULL;
     struct idem *idem = NULL;
     uint64_t seed = 42;
     int64_t day_start = (int64_t)(time(NULL) / 86400) * 86400000;
@@ -231,13 +232,18 @@ static int run_idem(const struct bench_opts *bo, const char *url,
     if (!ids)
         return 1;
     m0 = baseline(admin);
-    idem = idem_new(&o, errstr, sizeof(errstr));
+    redis = redis_conn_new(&ro, errstr, sizeof(errstr));
+    if (!redis) {
+        fprintf(stderr, "redis_conn_new: %s\n", errstr);
+        goto out_free;
+    }
+    idem = idem_new(redis, &o, errstr, sizeof(errstr));
     if (!idem || m0 < 0) {
         fprintf(stderr, "idem_new: %s\n", idem ? "INFO failed" : errstr);
         goto out_free;
     }
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    rt = idem_round_trips(idem);
+    rt = redis_conn_round_trips(redis);
     while (done < bo->n) {
         size_t k = (size_t)(bo->n - done < BATCH ? bo->n - done : BATCH);
         enum cs_err err;
@@ -263,10 +269,12 @@ static int run_idem(const struct bench_opts *bo, const char *url,
         }
         done += (long)k;
     }
-    rt = idem_round_trips(idem) - rt;
+    rt = redis_conn_round_trips(redis) - rt;
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    idem_free(idem); /* drop its client buffers before measuring */
+    idem_free(idem);
     idem = NULL;
+    redis_conn_free(redis); /* drop its client buffers before measuring */
+    redis = NULL;
     rs_sleep_ms(200);
     m1 = used_memory(admin);
     overflow = count_hashtable_buckets(admin);
@@ -282,6 +290,7 @@ static int run_idem(const struct bench_opts *bo, const char *url,
 
 out_free:
     idem_free(idem);
+    redis_conn_free(redis);
     free(ids);
     return rc;
 }

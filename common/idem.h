@@ -57,24 +57,19 @@
  *   - the owner token is limited to IDEM_OWNER_MAX bytes so a processing
  *     value stays under 64 bytes.
  *
- * Connection handling: one blocking hiredis connection, opened lazily. Any
- * connection error, timeout or AUTH failure frees it and the call returns
- * CS_ERR_REDIS_UNAVAILABLE (retryable: the caller pauses; nothing is
- * pretended to have succeeded); the next call reconnects. If a connection
- * that was idle since an earlier call turns out dead (Redis restarted, idle
- * timeout), the call reconnects and retries once within the same call
- * (safe: every script is idempotent for the same owner). A fresh
- * connection sends EVAL (which also caches the script), later calls
- * EVALSHA; NOSCRIPT (SCRIPT FLUSH, failover) falls back to EVAL once.
- * SIGPIPE is blocked in the calling thread around each exchange (and one
- * caused by it swallowed), so a reset socket cannot kill the process.
+ * Redis access goes through a borrowed struct redis_conn (redis_conn.h:
+ * lazy connect, one reconnect-and-retry for an idle connection that died,
+ * EVALSHA with EVAL fallback, error mapping); the script is idempotent for
+ * the same owner, so that retry is safe. The connection may be shared with
+ * other modules of the same thread.
  *
- * Ownership: idem_new copies everything it needs from the options; all
- * pointers passed to the other functions are borrowed for the call only.
- * Secrets: the Redis password is never written to errstr or logs.
+ * Ownership: idem_new copies everything it needs from the options; the
+ * struct redis_conn is borrowed and must outlive the idem (the caller owns
+ * it). All pointers passed to the other functions are borrowed for the
+ * call only. Secrets: the Redis password never reaches idem at all.
  *
- * Thread-safety: a struct idem is used by one thread at a time (it owns one
- * hiredis connection). Different handles are independent.
+ * Thread-safety: a struct idem is used by one thread at a time, the thread
+ * that uses its redis_conn. Different handles are independent.
  */
 #ifndef CRMSYNC_IDEM_H
 #define CRMSYNC_IDEM_H
@@ -85,6 +80,8 @@
 
 #include "common/err.h"
 
+struct redis_conn;
+
 /* Longest accepted owner token (keeps "p<owner>:<13-digit ms>" < 64 B). */
 #define IDEM_OWNER_MAX 40
 /* Longest accepted namespace. */
@@ -92,19 +89,14 @@
 /* Most keys accepted in one call (bounds one script run on the server). */
 #define IDEM_BATCH_MAX 100000
 
-struct idem; /* opaque; one Redis connection; used by one thread */
+struct idem; /* opaque; borrows one redis_conn; used by one thread */
 
 struct idem_opts {
-    const char *redis_url; /* redis://[:password@]host:port[/db] or
-                              redis://user:password@host:port/db (AUTH with
-                              user if given; user and password may be
-                              %-encoded), borrowed during idem_new */
-    int timeout_ms;        /* connect + command timeout, > 0 */
-    const char *ns;        /* key namespace, e.g. worker name; [A-Za-z0-9_.-]+,
-                              borrowed during idem_new */
-    const char *owner;     /* lease owner token (e.g. hostname:pid), at most
-                              IDEM_OWNER_MAX bytes; NULL = generate from
-                              hostname, pid and random */
+    const char *ns;      /* key namespace, e.g. worker name; [A-Za-z0-9_.-]+,
+                            borrowed during idem_new */
+    const char *owner;   /* lease owner token (e.g. hostname:pid), at most
+                            IDEM_OWNER_MAX bytes; NULL = generate from
+                            hostname, pid and random */
     int ttl_days;        /* how long done markers are kept after the event's day
                             ends, 0..3650 */
     int buckets_per_day; /* hash buckets per day: expected events per day /
@@ -122,16 +114,16 @@ struct idem_key {
 };
 
 /**
- * @brief Creates the handle and tries to connect; a failed connect is NOT an
- *        error (the next call reconnects).
+ * @brief Creates the handle; no I/O (the connection connects lazily).
+ * @param redis borrowed: owned by the caller, must outlive the idem.
  * @param opts borrowed during the call; everything needed is copied.
  * @returns a handle the caller frees with idem_free(), or NULL only on bad
- *          options (errstr says why; it never contains the password).
+ *          options or out of memory (errstr says why).
  */
-struct idem *idem_new(const struct idem_opts *opts, char *errstr,
-                      size_t errstr_size);
+struct idem *idem_new(struct redis_conn *redis, const struct idem_opts *opts,
+                      char *errstr, size_t errstr_size);
 
-/** @brief Closes the connection and frees the handle; NULL is fine. */
+/** @brief Frees the handle (not its redis_conn); NULL is fine. */
 void idem_free(struct idem *idem);
 
 /**
@@ -177,13 +169,6 @@ enum cs_err idem_mark_done(struct idem *idem, const struct idem_key *keys,
  */
 enum cs_err idem_release(struct idem *idem, const struct idem_key *keys,
                          size_t n, char *errstr, size_t errstr_size);
-
-/** @returns true when Redis answers PING (reconnecting first if needed). */
-bool idem_ping(struct idem *idem);
-
-/** @returns round trips made so far (connect handshakes, PINGs and script
- *           calls; a NOSCRIPT fallback counts twice). */
-unsigned long long idem_round_trips(const struct idem *idem);
 
 /** @returns the owner token in use (borrowed, valid until idem_free). */
 const char *idem_owner(const struct idem *idem);

@@ -13,6 +13,7 @@
 #include "common/idem.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/redis_conn.h"
 
 /* The stop flag lives in the worker's main.c; the handler needs its
  * address, which a signal handler can only get from a static. */
@@ -53,20 +54,29 @@ static enum cs_err open_metrics(struct runtime *rt, char *errstr,
                          errstr, errstr_size);
 }
 
+static enum cs_err open_redis(struct runtime *rt, char *errstr,
+                              size_t errstr_size)
+{
+    struct redis_conn_opts opts = {
+        .url = rt->cfg->redis_url,
+        .timeout_ms = rt->cfg->redis_timeout_ms,
+    };
+    rt->redis = redis_conn_new(&opts, errstr, errstr_size);
+    return rt->redis ? CS_ERR_OK : CS_ERR_CONFIG;
+}
+
 static enum cs_err open_idem(struct runtime *rt, char *errstr,
                              size_t errstr_size)
 {
     const struct config *cfg = rt->cfg;
     struct idem_opts opts = {
-        .redis_url = cfg->redis_url,
-        .timeout_ms = cfg->redis_timeout_ms,
         .ns = cfg->worker,
         .owner = NULL,
         .ttl_days = cfg->idem_ttl_days,
         .buckets_per_day = cfg->idem_buckets_per_day,
         .lease_ms = cfg->idem_lease_ms,
     };
-    rt->idem = idem_new(&opts, errstr, errstr_size);
+    rt->idem = idem_new(rt->redis, &opts, errstr, errstr_size);
     return rt->idem ? CS_ERR_OK : CS_ERR_CONFIG;
 }
 
@@ -117,6 +127,9 @@ enum cs_err runtime_open(struct runtime *rt, const struct config *cfg,
         err = CS_ERR_CONFIG;
         goto out_close;
     }
+    err = open_redis(rt, errstr, errstr_size);
+    if (err)
+        goto out_close;
     err = open_idem(rt, errstr, errstr_size);
     if (err)
         goto out_close;
@@ -143,6 +156,7 @@ void runtime_close(struct runtime *rt)
     dlq_free(rt->dlq);
     crm_free(rt->crm);
     idem_free(rt->idem);
+    redis_conn_free(rt->redis);
     avro_codec_free(rt->codec);
     metrics_free(rt->metrics);
     memset(rt, 0, sizeof(*rt));

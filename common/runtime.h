@@ -2,12 +2,15 @@
  * runtime - the shared services a worker needs, opened from its config.
  *
  * runtime_open() builds, in order: metrics (and its HTTP server), the Avro
- * codec, the Redis idempotency store, the CRM connector and the dead-letter
- * producer. runtime_close() releases them in reverse order. A worker's
- * main.c then only adds its handler and the consumer loop.
+ * codec, the Redis connection, the Redis idempotency store (which borrows
+ * that connection), the CRM connector and the dead-letter producer.
+ * runtime_close() releases them in reverse order. A worker's main.c then only
+ * adds its handler and the consumer loop.
  *
  * Ownership: struct runtime owns every member; cfg is borrowed and must
- * outlive it. Thread-safety: one thread (metrics is internally locked).
+ * outlive it. A worker may run its own scripts over rt->redis (see
+ * redis_conn.h) from the thread that uses idem. Thread-safety: one thread
+ * (metrics is internally locked).
  */
 #ifndef CRMSYNC_RUNTIME_H
 #define CRMSYNC_RUNTIME_H
@@ -23,7 +26,8 @@ struct runtime {
     const struct config *cfg; /* borrowed */
     struct metrics *metrics;  /* owned; serves /metrics, /healthz, /readyz */
     struct avro_codec *codec; /* owned */
-    struct idem *idem;        /* owned */
+    struct redis_conn *redis; /* owned; opened before idem, closed after */
+    struct idem *idem;        /* owned; borrows redis */
     struct crm *crm;          /* owned */
     struct dlq *dlq;          /* owned */
     int metrics_port;         /* bound port, 0 when disabled */

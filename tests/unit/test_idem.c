@@ -21,12 +21,19 @@
 #include <hiredis/hiredis.h>
 
 #include "common/idem.h"
+#include "common/redis_conn.h"
 #include "tests/support/redis_server.h"
 
 #define ADMIN_TIMEOUT_MS 1000 /* connect timeout of admin connections */
 
 struct fixture {
     struct redis_server redis; /* the group's server */
+};
+
+/* An idem with its own connection (a worker shares one; tests isolate). */
+struct tidem {
+    struct redis_conn *redis; /* owned */
+    struct idem *idem;        /* owned, borrows redis */
 };
 
 /* A local server description on a free port; fails the test if none. */
@@ -79,34 +86,47 @@ static int test_setup(void **state)
     return 0;
 }
 
-static struct idem *open_idem_full(const char *url, const char *owner,
-                                   int lease_ms, int buckets)
+static struct tidem *open_idem_full(const char *url, const char *owner,
+                                    int lease_ms, int buckets)
 {
     char errstr[256] = "";
+    struct redis_conn_opts ro = {.url = url, .timeout_ms = 1000};
     struct idem_opts o = {
-        .redis_url = url,
-        .timeout_ms = 1000,
         .ns = "test",
         .owner = owner,
         .ttl_days = 7,
         .buckets_per_day = buckets,
         .lease_ms = lease_ms,
     };
-    struct idem *idem = idem_new(&o, errstr, sizeof(errstr));
-    if (!idem)
+    struct tidem *t = calloc(1, sizeof(*t));
+
+    assert_non_null(t);
+    t->redis = redis_conn_new(&ro, errstr, sizeof(errstr));
+    if (!t->redis)
+        fail_msg("redis_conn_new: %s", errstr);
+    t->idem = idem_new(t->redis, &o, errstr, sizeof(errstr));
+    if (!t->idem)
         fail_msg("idem_new: %s", errstr);
-    return idem;
+    return t;
 }
 
-static struct idem *open_idem_url(const char *url, const char *owner,
-                                  int lease_ms)
+/* The idem first, then the connection it borrows. */
+static void tidem_free(struct tidem *t)
+{
+    idem_free(t->idem);
+    redis_conn_free(t->redis);
+    free(t);
+}
+
+static struct tidem *open_idem_url(const char *url, const char *owner,
+                                   int lease_ms)
 {
     return open_idem_full(url, owner, lease_ms, 16);
 }
 
 /* buckets_per_day = 1 puts every id of a day into one bucket. */
-static struct idem *open_idem_b(const struct fixture *fx, const char *owner,
-                                int lease_ms, int buckets)
+static struct tidem *open_idem_b(const struct fixture *fx, const char *owner,
+                                 int lease_ms, int buckets)
 {
     char url[64];
 
@@ -114,8 +134,8 @@ static struct idem *open_idem_b(const struct fixture *fx, const char *owner,
     return open_idem_full(url, owner, lease_ms, buckets);
 }
 
-static struct idem *open_idem(const struct fixture *fx, const char *owner,
-                              int lease_ms)
+static struct tidem *open_idem(const struct fixture *fx, const char *owner,
+                               int lease_ms)
 {
     return open_idem_b(fx, owner, lease_ms, 16);
 }
@@ -128,33 +148,33 @@ static int64_t now_ms(void)
 }
 
 /* Claims one id and returns its state (asserting the call succeeded). */
-static enum idem_state claim1(struct idem *idem, const char *id)
+static enum idem_state claim1(struct tidem *t, const char *id)
 {
     struct idem_key k = {id, now_ms()};
     enum idem_state st = (enum idem_state) - 1;
     char errstr[256] = "";
-    enum cs_err err = idem_claim(idem, &k, 1, &st, errstr, sizeof(errstr));
+    enum cs_err err = idem_claim(t->idem, &k, 1, &st, errstr, sizeof(errstr));
 
     if (err != CS_ERR_OK)
         fail_msg("idem_claim: %s: %s", cs_err_name(err), errstr);
     return st;
 }
 
-static void done1(struct idem *idem, const char *id)
+static void done1(struct tidem *t, const char *id)
 {
     struct idem_key k = {id, now_ms()};
     char errstr[256] = "";
-    enum cs_err err = idem_mark_done(idem, &k, 1, errstr, sizeof(errstr));
+    enum cs_err err = idem_mark_done(t->idem, &k, 1, errstr, sizeof(errstr));
 
     if (err != CS_ERR_OK)
         fail_msg("idem_mark_done: %s: %s", cs_err_name(err), errstr);
 }
 
-static void release1(struct idem *idem, const char *id)
+static void release1(struct tidem *t, const char *id)
 {
     struct idem_key k = {id, now_ms()};
     char errstr[256] = "";
-    enum cs_err err = idem_release(idem, &k, 1, errstr, sizeof(errstr));
+    enum cs_err err = idem_release(t->idem, &k, 1, errstr, sizeof(errstr));
 
     if (err != CS_ERR_OK)
         fail_msg("idem_release: %s: %s", cs_err_name(err), errstr);
@@ -179,8 +199,8 @@ static redisReply *admin_cmd(const struct redis_server *rp, const char *cmd,
 static void test_claim_done_duplicate(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "owner-a", 30000);
-    struct idem *b = open_idem(fx, "owner-b", 30000);
+    struct tidem *a = open_idem(fx, "owner-a", 30000);
+    struct tidem *b = open_idem(fx, "owner-b", 30000);
 
     assert_int_equal(claim1(a, "evt-1"), IDEM_CLAIMED);
     assert_int_equal(claim1(a, "evt-2"), IDEM_CLAIMED);
@@ -189,23 +209,23 @@ static void test_claim_done_duplicate(void **state)
     assert_int_equal(claim1(b, "evt-1"), IDEM_DUPLICATE);
     /* evt-2 is still a's processing claim. */
     assert_int_equal(claim1(b, "evt-2"), IDEM_IN_FLIGHT);
-    idem_free(a);
-    idem_free(b);
+    tidem_free(a);
+    tidem_free(b);
 }
 
 static void test_in_flight_other_owner(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "owner-a", 30000);
-    struct idem *b = open_idem(fx, "owner-b", 30000);
+    struct tidem *a = open_idem(fx, "owner-a", 30000);
+    struct tidem *b = open_idem(fx, "owner-b", 30000);
 
     assert_int_equal(claim1(a, "evt-x"), IDEM_CLAIMED);
     assert_int_equal(claim1(b, "evt-x"), IDEM_IN_FLIGHT);
     assert_int_equal(claim1(b, "evt-x"), IDEM_IN_FLIGHT);
     done1(a, "evt-x");
     assert_int_equal(claim1(b, "evt-x"), IDEM_DUPLICATE);
-    idem_free(a);
-    idem_free(b);
+    tidem_free(a);
+    tidem_free(b);
 }
 
 static void test_lease_expiry_takeover(void **state)
@@ -213,8 +233,8 @@ static void test_lease_expiry_takeover(void **state)
     struct fixture *fx = *state;
     /* One bucket, kept alive for days by a done id: only the lease in the
      * field itself can expire, not the whole key. */
-    struct idem *a = open_idem_b(fx, "owner-a", 300, 1);
-    struct idem *b = open_idem_b(fx, "owner-b", 300, 1);
+    struct tidem *a = open_idem_b(fx, "owner-a", 300, 1);
+    struct tidem *b = open_idem_b(fx, "owner-b", 300, 1);
     redisReply *r;
 
     assert_int_equal(claim1(a, "evt-anchor"), IDEM_CLAIMED);
@@ -238,16 +258,16 @@ static void test_lease_expiry_takeover(void **state)
     }
     freeReplyObject(r);
     assert_int_equal(claim1(b, "evt-anchor"), IDEM_DUPLICATE);
-    idem_free(a);
-    idem_free(b);
+    tidem_free(a);
+    tidem_free(b);
 }
 
 static void test_same_owner_reclaim(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "host-1:42", 30000);
-    struct idem *a2 = open_idem(fx, "host-1:42", 30000);
-    struct idem *b = open_idem(fx, "host-1:4", 30000);
+    struct tidem *a = open_idem(fx, "host-1:42", 30000);
+    struct tidem *a2 = open_idem(fx, "host-1:42", 30000);
+    struct tidem *b = open_idem(fx, "host-1:4", 30000);
 
     assert_int_equal(claim1(a, "evt-r"), IDEM_CLAIMED);
     assert_int_equal(claim1(a, "evt-r"), IDEM_CLAIMED);
@@ -255,16 +275,16 @@ static void test_same_owner_reclaim(void **state)
     assert_int_equal(claim1(a2, "evt-r"), IDEM_CLAIMED);
     /* A token that is a prefix of ours is another owner. */
     assert_int_equal(claim1(b, "evt-r"), IDEM_IN_FLIGHT);
-    idem_free(a);
-    idem_free(a2);
-    idem_free(b);
+    tidem_free(a);
+    tidem_free(a2);
+    tidem_free(b);
 }
 
 static void test_release_lets_other_claim(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "owner-a", 30000);
-    struct idem *b = open_idem(fx, "owner-b", 30000);
+    struct tidem *a = open_idem(fx, "owner-a", 30000);
+    struct tidem *b = open_idem(fx, "owner-b", 30000);
 
     assert_int_equal(claim1(a, "evt-rel"), IDEM_CLAIMED);
     assert_int_equal(claim1(b, "evt-rel"), IDEM_IN_FLIGHT);
@@ -275,8 +295,8 @@ static void test_release_lets_other_claim(void **state)
     done1(b, "evt-rel");
     release1(b, "evt-rel"); /* done stays done */
     assert_int_equal(claim1(a, "evt-rel"), IDEM_DUPLICATE);
-    idem_free(a);
-    idem_free(b);
+    tidem_free(a);
+    tidem_free(b);
 }
 
 /* Done, release and claim in one call: the steps apply in that order and
@@ -284,8 +304,8 @@ static void test_release_lets_other_claim(void **state)
 static void test_settle_claim_one_trip(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "owner-a", 30000);
-    struct idem *b = open_idem(fx, "owner-b", 30000);
+    struct tidem *a = open_idem(fx, "owner-a", 30000);
+    struct tidem *b = open_idem(fx, "owner-b", 30000);
     int64_t t = now_ms();
     struct idem_key done[] = {{"s-1", t}, {"s-2", t}};
     struct idem_key rel[] = {{"s-3", t}};
@@ -297,11 +317,11 @@ static void test_settle_claim_one_trip(void **state)
     assert_int_equal(claim1(a, "s-1"), IDEM_CLAIMED);
     assert_int_equal(claim1(a, "s-2"), IDEM_CLAIMED);
     assert_int_equal(claim1(a, "s-3"), IDEM_CLAIMED);
-    rt = idem_round_trips(a);
-    assert_int_equal(idem_settle_claim(a, done, 2, rel, 1, claim, 3, st, errstr,
-                                       sizeof(errstr)),
+    rt = redis_conn_round_trips(a->redis);
+    assert_int_equal(idem_settle_claim(a->idem, done, 2, rel, 1, claim, 3, st,
+                                       errstr, sizeof(errstr)),
                      CS_ERR_OK);
-    assert_int_equal(idem_round_trips(a), rt + 1);
+    assert_int_equal(redis_conn_round_trips(a->redis), rt + 1);
     assert_int_equal(st[0], IDEM_DUPLICATE); /* marked done just before */
     assert_int_equal(st[1], IDEM_CLAIMED);
     assert_int_equal(st[2], IDEM_CLAIMED);
@@ -310,30 +330,30 @@ static void test_settle_claim_one_trip(void **state)
     assert_int_equal(claim1(b, "s-4"), IDEM_IN_FLIGHT);
 
     /* Only settling (no claims) and nothing at all. */
-    rt = idem_round_trips(a);
-    assert_int_equal(idem_settle_claim(a, claim + 1, 2, NULL, 0, NULL, 0, NULL,
+    rt = redis_conn_round_trips(a->redis);
+    assert_int_equal(idem_settle_claim(a->idem, claim + 1, 2, NULL, 0, NULL, 0,
+                                       NULL, errstr, sizeof(errstr)),
+                     CS_ERR_OK);
+    assert_int_equal(idem_settle_claim(a->idem, NULL, 0, NULL, 0, NULL, 0, NULL,
                                        errstr, sizeof(errstr)),
                      CS_ERR_OK);
-    assert_int_equal(idem_settle_claim(a, NULL, 0, NULL, 0, NULL, 0, NULL,
-                                       errstr, sizeof(errstr)),
-                     CS_ERR_OK);
-    assert_int_equal(idem_round_trips(a), rt + 1);
+    assert_int_equal(redis_conn_round_trips(a->redis), rt + 1);
     assert_int_equal(claim1(b, "s-5"), IDEM_DUPLICATE);
-    idem_free(a);
-    idem_free(b);
+    tidem_free(a);
+    tidem_free(b);
 }
 
 static void test_repeated_id_in_batch(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "owner-a", 30000);
+    struct tidem *a = open_idem(fx, "owner-a", 30000);
     int64_t t = now_ms();
     struct idem_key keys[] = {{"x", t}, {"y", t}, {"x", t},
                               {"x", t}, {"z", t}, {"y", t}};
     enum idem_state out[6];
     char errstr[256];
 
-    assert_int_equal(idem_claim(a, keys, 6, out, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, keys, 6, out, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     assert_int_equal(out[0], IDEM_CLAIMED);
     assert_int_equal(out[1], IDEM_CLAIMED);
@@ -342,13 +362,13 @@ static void test_repeated_id_in_batch(void **state)
     assert_int_equal(out[4], IDEM_CLAIMED);
     assert_int_equal(out[5], IDEM_DUPLICATE);
     /* Marking a repeated id done twice in one call is harmless. */
-    assert_int_equal(idem_mark_done(a, keys, 6, errstr, sizeof(errstr)),
+    assert_int_equal(idem_mark_done(a->idem, keys, 6, errstr, sizeof(errstr)),
                      CS_ERR_OK);
-    assert_int_equal(idem_claim(a, keys, 6, out, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, keys, 6, out, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     for (int i = 0; i < 6; i++)
         assert_int_equal(out[i], IDEM_DUPLICATE);
-    idem_free(a);
+    tidem_free(a);
 }
 
 /* Sums HLEN over the namespace's buckets and checks each bucket's TTL lies
@@ -387,7 +407,7 @@ static long long check_buckets(const struct redis_server *rp, long long min_ttl,
 static void test_bucket_ttl(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "owner-a", 60000);
+    struct tidem *a = open_idem(fx, "owner-a", 60000);
     int64_t t = now_ms();
     int64_t day = t / 86400000;
     long long day_end_ttl = (day + 1 + 7) * 86400 - t / 1000;
@@ -397,13 +417,13 @@ static void test_bucket_ttl(void **state)
     size_t nkeys = 0;
     redisReply *r;
 
-    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     /* A brand-new bucket expires with the lease unless marked done. */
     assert_int_equal(check_buckets(&fx->redis, 1, 60, &nkeys), 1);
     assert_int_equal(nkeys, 1);
 
-    assert_int_equal(idem_mark_done(a, &k, 1, errstr, sizeof(errstr)),
+    assert_int_equal(idem_mark_done(a->idem, &k, 1, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     assert_int_equal(
         check_buckets(&fx->redis, 7 * 86400 - 1, day_end_ttl, &nkeys), 1);
@@ -438,12 +458,12 @@ static void test_bucket_ttl(void **state)
     test_setup(state);
     k.id = "evt-old";
     k.event_ms = t - 30LL * 86400000;
-    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_OK);
-    assert_int_equal(idem_mark_done(a, &k, 1, errstr, sizeof(errstr)),
+    assert_int_equal(idem_mark_done(a->idem, &k, 1, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     assert_int_equal(check_buckets(&fx->redis, 1, 61, &nkeys), 1);
-    idem_free(a);
+    tidem_free(a);
 }
 
 static void test_password_auth(void **state)
@@ -452,7 +472,7 @@ static void test_password_auth(void **state)
     struct redis_server rp;
     char url[128];
     char errstr[256] = "";
-    struct idem *a;
+    struct tidem *a;
     struct idem_key k = {"evt-auth", now_ms()};
     enum idem_state st = (enum idem_state) - 1;
 
@@ -463,35 +483,35 @@ static void test_password_auth(void **state)
              rp.port);
     a = open_idem_url(url, "owner-a", 30000);
     assert_int_equal(claim1(a, "evt-auth"), IDEM_CLAIMED);
-    idem_free(a);
+    tidem_free(a);
 
     /* user form; db 2 must hold the claim made above. */
     snprintf(url, sizeof(url), "redis://default:s3cret-Pw!@127.0.0.1:%d/2",
              rp.port);
     a = open_idem_url(url, "owner-b", 30000);
     assert_int_equal(claim1(a, "evt-auth"), IDEM_IN_FLIGHT);
-    idem_free(a);
+    tidem_free(a);
 
-    /* Wrong password: idem_new succeeds (lazy), calls fail retryably and
+    /* Wrong password: opening succeeds (lazy), calls fail retryably and
      * the error text carries neither password. */
     snprintf(url, sizeof(url), "redis://:wrong-Secret9@127.0.0.1:%d", rp.port);
     a = open_idem_url(url, "owner-a", 30000);
-    assert_false(idem_ping(a));
-    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+    assert_false(redis_conn_ping(a->redis));
+    assert_int_equal(idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_REDIS_UNAVAILABLE);
     assert_int_equal(st, (enum idem_state) - 1);
     assert_true(strlen(errstr) > 0);
     assert_null(strstr(errstr, "wrong-Secret9"));
     assert_null(strstr(errstr, "s3cret"));
     assert_non_null(strstr(errstr, "AUTH"));
-    idem_free(a);
+    tidem_free(a);
 
     /* No password at all: NOAUTH, also retryable. */
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rp.port);
     a = open_idem_url(url, "owner-a", 30000);
-    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_REDIS_UNAVAILABLE);
-    idem_free(a);
+    tidem_free(a);
 
     rs_stop(&rp, SIGTERM);
 }
@@ -500,9 +520,11 @@ static void test_bad_options(void **state)
 {
     (void)state;
     char errstr[256];
+    /* URL validation lives in redis_conn (see test_redis_conn.c). */
+    struct redis_conn_opts ro = {.url = "redis://127.0.0.1:1",
+                                 .timeout_ms = 1000};
+    struct redis_conn *redis = redis_conn_new(&ro, errstr, sizeof(errstr));
     struct idem_opts o = {
-        .redis_url = "redis://:topSecretPw@127.0.0.1:notaport",
-        .timeout_ms = 1000,
         .ns = "test",
         .owner = NULL,
         .ttl_days = 7,
@@ -511,46 +533,53 @@ static void test_bad_options(void **state)
     };
     struct idem *idem;
 
+    assert_non_null(redis);
     errstr[0] = '\0';
-    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    assert_null(idem_new(NULL, &o, errstr, sizeof(errstr)));
     assert_true(strlen(errstr) > 0);
-    assert_null(strstr(errstr, "topSecretPw"));
+    assert_null(idem_new(redis, NULL, errstr, sizeof(errstr)));
 
-    o.redis_url = "http://127.0.0.1:6379";
-    assert_null(idem_new(&o, errstr, sizeof(errstr)));
-    o.redis_url = "redis://topSecretPw@127.0.0.1:1";
-    assert_null(idem_new(&o, errstr, sizeof(errstr)));
-    assert_null(strstr(errstr, "topSecretPw"));
-
-    o.redis_url = "redis://127.0.0.1:1";
     o.ns = "bad ns";
-    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    assert_null(idem_new(redis, &o, errstr, sizeof(errstr)));
+    o.ns = NULL;
+    assert_null(idem_new(redis, &o, errstr, sizeof(errstr)));
     o.ns = "test";
     o.owner = "0123456789012345678901234567890123456789x"; /* 41 bytes */
-    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    assert_null(idem_new(redis, &o, errstr, sizeof(errstr)));
+    o.owner = "";
+    assert_null(idem_new(redis, &o, errstr, sizeof(errstr)));
     o.owner = NULL;
     o.lease_ms = 0;
-    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    assert_null(idem_new(redis, &o, errstr, sizeof(errstr)));
     o.lease_ms = 1000;
     o.buckets_per_day = 0;
-    assert_null(idem_new(&o, errstr, sizeof(errstr)));
+    assert_null(idem_new(redis, &o, errstr, sizeof(errstr)));
     o.buckets_per_day = 16;
+    o.ttl_days = 3651;
+    assert_null(idem_new(redis, &o, errstr, sizeof(errstr)));
+    o.ttl_days = 7;
 
     /* Nothing listens on port 1: still a handle; generated owner fits. */
-    idem = idem_new(&o, errstr, sizeof(errstr));
+    idem = idem_new(redis, &o, errstr, sizeof(errstr));
     assert_non_null(idem);
     assert_true(strlen(idem_owner(idem)) > 0);
     assert_true(strlen(idem_owner(idem)) <= IDEM_OWNER_MAX);
     /* n == 0 is OK without I/O even though Redis is unreachable. */
     {
-        unsigned long long rt = idem_round_trips(idem);
+        unsigned long long rt = redis_conn_round_trips(redis);
         enum idem_state st;
         assert_int_equal(idem_claim(idem, NULL, 0, &st, errstr, sizeof(errstr)),
                          CS_ERR_OK);
-        assert_int_equal(idem_round_trips(idem), rt);
+        assert_int_equal(redis_conn_round_trips(redis), rt);
+        /* n > 0 reaches Redis, which is not there: retryable. */
+        struct idem_key k = {"evt-nobody", now_ms()};
+        assert_int_equal(idem_claim(idem, &k, 1, &st, errstr, sizeof(errstr)),
+                         CS_ERR_REDIS_UNAVAILABLE);
+        assert_true(redis_conn_round_trips(redis) == rt);
     }
     idem_free(idem);
     idem_free(NULL);
+    redis_conn_free(redis);
 }
 
 static void test_redis_down_reconnect(void **state)
@@ -559,7 +588,7 @@ static void test_redis_down_reconnect(void **state)
     struct redis_server rp;
     char url[64];
     char errstr[256] = "";
-    struct idem *a;
+    struct tidem *a;
     struct idem_key k = {"evt-down", now_ms()};
     enum idem_state st;
 
@@ -571,32 +600,32 @@ static void test_redis_down_reconnect(void **state)
 
     rs_stop(&rp, SIGKILL);
     st = (enum idem_state) - 1;
-    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_REDIS_UNAVAILABLE);
     assert_int_equal(st, (enum idem_state) - 1); /* out untouched */
     assert_true(cs_err_retryable(CS_ERR_REDIS_UNAVAILABLE));
-    assert_int_equal(idem_mark_done(a, &k, 1, errstr, sizeof(errstr)),
+    assert_int_equal(idem_mark_done(a->idem, &k, 1, errstr, sizeof(errstr)),
                      CS_ERR_REDIS_UNAVAILABLE);
-    assert_int_equal(idem_release(a, &k, 1, errstr, sizeof(errstr)),
+    assert_int_equal(idem_release(a->idem, &k, 1, errstr, sizeof(errstr)),
                      CS_ERR_REDIS_UNAVAILABLE);
-    assert_false(idem_ping(a));
+    assert_false(redis_conn_ping(a->redis));
 
     /* Back on the same port (empty: no persistence): next call works. */
     redis_start(&rp);
-    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     assert_int_equal(st, IDEM_CLAIMED);
-    assert_int_equal(idem_mark_done(a, &k, 1, errstr, sizeof(errstr)),
+    assert_int_equal(idem_mark_done(a->idem, &k, 1, errstr, sizeof(errstr)),
                      CS_ERR_OK);
 
     /* Restart while idle: the stale connection is replaced within the
      * same call, no error surfaces. */
     rs_stop(&rp, SIGKILL);
     redis_start(&rp);
-    assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     assert_int_equal(st, IDEM_CLAIMED);
-    assert_true(idem_ping(a));
+    assert_true(redis_conn_ping(a->redis));
 
     /* A hung server (SIGSTOP): the call times out (timeout_ms = 1000)
      * retryably instead of blocking; after SIGCONT the next call works. */
@@ -608,20 +637,21 @@ static void test_redis_down_reconnect(void **state)
         kill(rp.pid, SIGSTOP);
         clock_gettime(CLOCK_MONOTONIC, &t0);
         st = (enum idem_state) - 1;
-        assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
-                         CS_ERR_REDIS_UNAVAILABLE);
+        assert_int_equal(
+            idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)),
+            CS_ERR_REDIS_UNAVAILABLE);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         secs = (double)(t1.tv_sec - t0.tv_sec) +
                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
         assert_true(secs >= 0.9 && secs < 5.0);
         assert_int_equal(st, (enum idem_state) - 1);
         kill(rp.pid, SIGCONT);
-        assert_int_equal(idem_claim(a, &k, 1, &st, errstr, sizeof(errstr)),
-                         CS_ERR_OK);
+        assert_int_equal(
+            idem_claim(a->idem, &k, 1, &st, errstr, sizeof(errstr)), CS_ERR_OK);
         assert_int_equal(st, IDEM_CLAIMED); /* our own lease */
     }
 
-    idem_free(a);
+    tidem_free(a);
     rs_stop(&rp, SIGTERM);
 }
 
@@ -644,7 +674,7 @@ static long long cmd_calls(const struct redis_server *rp, const char *cmd)
 static void test_round_trips(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "owner-a", 30000);
+    struct tidem *a = open_idem(fx, "owner-a", 30000);
     static const size_t sizes[] = {1, 10, 1000};
     char ids[1000][24];
     struct idem_key keys[1000];
@@ -658,49 +688,53 @@ static void test_round_trips(void **state)
         keys[i].event_ms = t + (int64_t)i * 3600000; /* spans days */
     }
     /* Warm up: the first use of each script on a connection is EVAL. */
-    assert_int_equal(idem_claim(a, keys, 1, out, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, keys, 1, out, errstr, sizeof(errstr)),
                      CS_ERR_OK);
-    assert_int_equal(idem_mark_done(a, keys, 1, errstr, sizeof(errstr)),
+    assert_int_equal(idem_mark_done(a->idem, keys, 1, errstr, sizeof(errstr)),
                      CS_ERR_OK);
-    assert_int_equal(idem_release(a, keys, 1, errstr, sizeof(errstr)),
+    assert_int_equal(idem_release(a->idem, keys, 1, errstr, sizeof(errstr)),
                      CS_ERR_OK);
 
     for (size_t s = 0; s < 3; s++) {
         size_t n = sizes[s];
         long long evalsha = cmd_calls(&fx->redis, "evalsha");
-        unsigned long long rt = idem_round_trips(a);
+        unsigned long long rt = redis_conn_round_trips(a->redis);
 
-        assert_int_equal(idem_claim(a, keys, n, out, errstr, sizeof(errstr)),
+        assert_int_equal(
+            idem_claim(a->idem, keys, n, out, errstr, sizeof(errstr)),
+            CS_ERR_OK);
+        assert_int_equal(redis_conn_round_trips(a->redis), rt + 1);
+        assert_int_equal(idem_release(a->idem, keys, n, errstr, sizeof(errstr)),
                          CS_ERR_OK);
-        assert_int_equal(idem_round_trips(a), rt + 1);
-        assert_int_equal(idem_release(a, keys, n, errstr, sizeof(errstr)),
-                         CS_ERR_OK);
-        assert_int_equal(idem_round_trips(a), rt + 2);
-        assert_int_equal(idem_mark_done(a, keys, n, errstr, sizeof(errstr)),
-                         CS_ERR_OK);
-        assert_int_equal(idem_round_trips(a), rt + 3);
+        assert_int_equal(redis_conn_round_trips(a->redis), rt + 2);
+        assert_int_equal(
+            idem_mark_done(a->idem, keys, n, errstr, sizeof(errstr)),
+            CS_ERR_OK);
+        assert_int_equal(redis_conn_round_trips(a->redis), rt + 3);
         assert_int_equal(cmd_calls(&fx->redis, "evalsha"), evalsha + 3);
     }
 
     /* Script cache flushed: EVALSHA -> NOSCRIPT -> EVAL, still correct. */
     freeReplyObject(admin_cmd(&fx->redis, "SCRIPT", "FLUSH"));
     {
-        unsigned long long rt = idem_round_trips(a);
-        assert_int_equal(idem_claim(a, keys, 3, out, errstr, sizeof(errstr)),
-                         CS_ERR_OK);
+        unsigned long long rt = redis_conn_round_trips(a->redis);
+        assert_int_equal(
+            idem_claim(a->idem, keys, 3, out, errstr, sizeof(errstr)),
+            CS_ERR_OK);
         assert_int_equal(out[0], IDEM_DUPLICATE);
-        assert_int_equal(idem_round_trips(a), rt + 2);
-        assert_int_equal(idem_claim(a, keys, 3, out, errstr, sizeof(errstr)),
-                         CS_ERR_OK);
-        assert_int_equal(idem_round_trips(a), rt + 3);
+        assert_int_equal(redis_conn_round_trips(a->redis), rt + 2);
+        assert_int_equal(
+            idem_claim(a->idem, keys, 3, out, errstr, sizeof(errstr)),
+            CS_ERR_OK);
+        assert_int_equal(redis_conn_round_trips(a->redis), rt + 3);
     }
-    idem_free(a);
+    tidem_free(a);
 }
 
 static void test_big_batch(void **state)
 {
     struct fixture *fx = *state;
-    struct idem *a = open_idem(fx, "owner-a", 30000);
+    struct tidem *a = open_idem(fx, "owner-a", 30000);
     enum { N = 10000 };
     char(*ids)[24] = malloc(N * sizeof(*ids));
     struct idem_key *keys = malloc(N * sizeof(*keys));
@@ -718,25 +752,25 @@ static void test_big_batch(void **state)
         keys[i].id = ids[i];
         keys[i].event_ms = t;
     }
-    rt = idem_round_trips(a);
-    assert_int_equal(idem_claim(a, keys, N, out, errstr, sizeof(errstr)),
+    rt = redis_conn_round_trips(a->redis);
+    assert_int_equal(idem_claim(a->idem, keys, N, out, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     for (size_t i = 0; i < N; i++)
         assert_int_equal(out[i], IDEM_CLAIMED);
-    assert_int_equal(idem_mark_done(a, keys, N, errstr, sizeof(errstr)),
+    assert_int_equal(idem_mark_done(a->idem, keys, N, errstr, sizeof(errstr)),
                      CS_ERR_OK);
-    assert_int_equal(idem_claim(a, keys, N, out, errstr, sizeof(errstr)),
+    assert_int_equal(idem_claim(a->idem, keys, N, out, errstr, sizeof(errstr)),
                      CS_ERR_OK);
     for (size_t i = 0; i < N; i++)
         assert_int_equal(out[i], IDEM_DUPLICATE);
-    assert_int_equal(idem_round_trips(a), rt + 3);
+    assert_int_equal(redis_conn_round_trips(a->redis), rt + 3);
     /* Every id is stored exactly once across the 16 buckets of the day. */
     assert_int_equal(check_buckets(&fx->redis, 1, 9 * 86400, &nkeys), N);
     assert_int_equal(nkeys, 16);
     free(ids);
     free(keys);
     free(out);
-    idem_free(a);
+    tidem_free(a);
 }
 
 int main(void)

@@ -26,6 +26,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/odata.h"
+#include "common/redis_conn.h"
 #include "common/runtime.h"
 #include "workers/response/response.h"
 
@@ -240,7 +241,8 @@ static bool tenant_unique(const struct response_handler *h, const char *tenant)
 bool response_handler_healthy(void *ctx)
 {
     struct response_handler *h = ctx;
-    return idem_ping(h->rt->idem) && h->rt->crm->ops->ping(h->rt->crm->self);
+    return redis_conn_ping(h->rt->redis) &&
+           h->rt->crm->ops->ping(h->rt->crm->self);
 }
 
 /* Step 1: validate and decide skips; candidates get an effect key. */
