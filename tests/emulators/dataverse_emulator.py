@@ -22,6 +22,7 @@ See tests/emulators/README.md for the API and fidelity notes.
 import argparse
 import base64
 import collections
+import datetime
 import functools
 import itertools
 import json
@@ -62,6 +63,10 @@ ENTITY_SETS = {
     "msdynmkt_topics": ("msdynmkt_topic", "msdynmkt_topicid"),
     "tasks": ("task", "activityid"),
     "phonecalls": ("phonecall", "activityid"),
+    # Tables of the crmsync solution (custom, publisher prefix crmsync_).
+    "crmsync_optinhistories": ("crmsync_optinhistory", "crmsync_optinhistoryid"),
+    "crmsync_advertisingconsents": ("crmsync_advertisingconsent",
+                                    "crmsync_advertisingconsentid"),
 }
 LOGICAL_TO_SET = {v[0]: k for k, v in ENTITY_SETS.items()}
 NO_STATE_SETS = ("listmembers",)
@@ -78,6 +83,13 @@ NAV_COLLECTIONS = {
 }
 
 _rng = range  # shorthand for option sets below
+
+# Typed columns of contact / account / lead: the standard Yes/No columns and
+# the bounce columns an org adds (docs/bounce.md: crmsync_emailbounced,
+# crmsync_emailbouncedon).
+_PERSON_TYPES = {"emailaddress1": "string", "donotbulkemail": "bool",
+                 "donotemail": "bool", "crmsync_emailbounced": "bool",
+                 "crmsync_emailbouncedon": "datetime"}
 VALIDATION = {
     "campaignresponses": {
         "required": ("subject",),
@@ -103,10 +115,39 @@ VALIDATION = {
         "options": {"createdfromcode": (1, 2, 4), "statecode": (0, 1)},
         "fixed": ("createdfromcode", "type"),
     },
-    "contacts": {"options": {"statecode": (0, 1), "statuscode": (1, 2)}},
+    "contacts": {"options": {"statecode": (0, 1), "statuscode": (1, 2)},
+                 "max_len": {"emailaddress1": 100},
+                 "types": dict(_PERSON_TYPES)},
+    "accounts": {"options": {"statecode": (0, 1), "statuscode": (1, 2)},
+                 "max_len": {"emailaddress1": 100},
+                 "types": dict(_PERSON_TYPES)},
     "leads": {"options": {"statecode": (0, 1, 2),
-                          "statuscode": tuple(_rng(1, 8))}},
+                          "statuscode": tuple(_rng(1, 8))},
+              "max_len": {"emailaddress1": 100},
+              "types": dict(_PERSON_TYPES)},
+    "msdynmkt_purposes": {"options": {"msdynmkt_type": (534120000, 534120001,
+                                                        534120002)}},
+    "crmsync_optinhistories": {
+        "max_len": {"crmsync_name": 200, "crmsync_reason": 500,
+                    "crmsync_source": 100},
+        "options": {"statecode": (0, 1), "statuscode": (1, 2)},
+        "types": {"crmsync_name": "string", "crmsync_optin": "bool",
+                  "crmsync_occurredon": "datetime", "crmsync_source": "string",
+                  "crmsync_reason": "string"},
+    },
+    "crmsync_advertisingconsents": {
+        "max_len": {"crmsync_name": 200, "crmsync_tenant": 100},
+        "options": {"statecode": (0, 1), "statuscode": (1, 2)},
+        "types": {"crmsync_name": "string", "crmsync_tenant": "string"},
+    },
     "msdynmkt_contactpointconsent4s": {
+        # Consent type is mandatory since June 2023 (CI release notes); the
+        # purpose lookup is required (dataverse.md, Consent).
+        "required": ("msdynmkt_contactpointvalue", "msdynmkt_contactpointtype",
+                     "msdynmkt_contactpointconsenttype"),
+        "required_lookups": ("msdynmkt_purposeid",),
+        "types": {"msdynmkt_contactpointvalue": "string",
+                  "msdynmkt_reason": "string"},
         "max_len": {"msdynmkt_contactpointvalue": 400,
                     "msdynmkt_reason": 500},
         "options": {
@@ -121,12 +162,61 @@ VALIDATION = {
 
 
 
+# Declared single-valued navigation properties (names are case-sensitive,
+# as in Dataverse): set -> {navigation property: target set}.  A bind through
+# one of these must name the declared target; a bind that differs only in
+# case is an undeclared property.  Other navigation properties are not
+# checked (the emulator has no full metadata).
+NAV_TARGETS = {
+    "crmsync_optinhistories": {
+        "crmsync_ConsentId": "crmsync_advertisingconsents",
+        "crmsync_ContactId": "contacts",
+        "crmsync_LeadId": "leads",
+        "crmsync_AccountId": "accounts",
+    },
+    "msdynmkt_contactpointconsent4s": {
+        "msdynmkt_purposeId": "msdynmkt_purposes",
+        "msdynmkt_topicId": "msdynmkt_topics",
+    },
+}
+
+# Tables whose columns are known completely (the crmsync solution): any
+# other property in a write body is rejected like Dataverse rejects a
+# property that is not in $metadata.  More columns: seed key "_columns" or
+# POST /_admin/columns/<set>.
+_SYSTEM_COLUMNS = ("statecode", "statuscode", "overriddencreatedon",
+                   "importsequencenumber", "timezoneruleversionnumber",
+                   "utcconversiontimezonecode", "createdon", "modifiedon")
+STRICT_SETS = ("crmsync_optinhistories", "crmsync_advertisingconsents")
+
+# Columns with an equality index (lower-cased string value -> keys), used by
+# $filter conjuncts "<col> eq '<literal>'".
+INDEXED = {
+    "contacts": ("emailaddress1",),
+    "accounts": ("emailaddress1",),
+    "leads": ("emailaddress1",),
+    "msdynmkt_contactpointconsent4s": ("msdynmkt_contactpointvalue",),
+}
+
+_EDM = {"bool": "Edm.Boolean", "string": "Edm.String",
+        "datetime": "Edm.DateTimeOffset", "int": "Edm.Int32"}
+
+
 class Rules:
     """One entry of VALIDATION as tuples, in the order they are checked."""
     __slots__ = ("max_len", "options", "required", "required_lookups",
-                 "fixed_lookups", "fixed")
+                 "fixed_lookups", "fixed", "types", "strict", "navs",
+                 "navs_lower")
 
-    def __init__(self, r):
+    def __init__(self, r, es=None):
+        self.types = tuple(r.get("types", {}).items())
+        navs = NAV_TARGETS.get(es, {})
+        self.navs = dict(navs)
+        self.navs_lower = {n.lower(): n for n in navs}
+        self.strict = None
+        if es in STRICT_SETS:
+            self.strict = set(_SYSTEM_COLUMNS) | set(r.get("types", {})) | \
+                {ENTITY_SETS[es][1]}
         self.max_len = tuple(r.get("max_len", {}).items())
         self.options = tuple((attr, allowed, ",".join(map(str, allowed)))
                              for attr, allowed in r.get("options", {}).items())
@@ -138,7 +228,8 @@ class Rules:
         self.fixed = tuple(r.get("fixed", ()))
 
 
-RULES = {es: Rules(r) for es, r in VALIDATION.items()}
+RULES = {es: Rules(VALIDATION.get(es, {}), es)
+         for es in set(VALIDATION) | set(NAV_TARGETS)}
 
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
            400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -198,6 +289,64 @@ def bad_request(message, code="0x80060888"):
 
 def validation_error(message):
     return ApiError(400, "0x80044331", "A validation error occurred.  " + message)
+
+
+_INPUT_ERROR = "An error occurred while validating input parameters: "
+
+
+def invalid_property(prop, logical):
+    # As in Microsoft's "Web API client errors" page (code 0x0).
+    return ApiError(400, "0x0", _INPUT_ERROR + "Microsoft.Crm.CrmException: "
+                    "Invalid property '%s' was found in entity "
+                    "'Microsoft.Dynamics.CRM.%s'. ---> Microsoft.OData."
+                    "ODataException: Does not support untyped value in "
+                    "non-open type." % (prop, logical))
+
+
+def undeclared_nav(nav):
+    return ApiError(400, "0x0", _INPUT_ERROR + "Microsoft.OData.ODataException: "
+                    "An undeclared property '%s' which only has property "
+                    "annotations in the payload but no property value was "
+                    "found in the payload. In OData, only declared navigation "
+                    "properties and declared named streams can be represented "
+                    "as properties without values." % nav)
+
+
+def nav_type_mismatch(nav, got_logical, want_logical):
+    return ApiError(400, "0x0", _INPUT_ERROR + "Microsoft.OData.ODataException: "
+                    "A resource with type 'Microsoft.Dynamics.CRM.%s' was "
+                    "found, but it is not assignable to the expected type "
+                    "'Microsoft.Dynamics.CRM.%s' of the navigation property "
+                    "'%s'." % (got_logical, want_logical, nav))
+
+
+def type_error(value, edm):
+    lit = json.dumps(value) if not isinstance(value, str) else value
+    return ApiError(400, "0x0", _INPUT_ERROR + "Microsoft.OData.ODataException: "
+                    "Cannot convert the literal '%s' to the expected type "
+                    "'%s'." % (lit, edm))
+
+
+_DT_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?"
+                    r"(?:Z|[+-]\d{2}:\d{2})?)?")
+
+
+def norm_datetime(v):
+    """An ISO 8601 value of a DateTime column as Dataverse stores and returns
+    it: UTC, whole seconds ("2024-05-01T10:00:00Z"), or None when invalid.
+    A value without offset is taken as UTC; a date alone as midnight."""
+    if not isinstance(v, str) or not _DT_RE.fullmatch(v):
+        return None
+    try:
+        d = datetime.datetime.fromisoformat(v[:-1] + "+00:00"
+                                            if v.endswith("Z") else v)
+    except ValueError:
+        return None
+    if d.tzinfo is not None:
+        d = d.astimezone(datetime.timezone.utc)
+    if d.year < 1753:  # earliest value of any Dataverse date column
+        return None
+    return d.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _ts_cache = [0, ""]
@@ -326,7 +475,10 @@ class FilterParser:
         while self.peek()[:2] == ("id", "and"):
             self.i += 1
             right = self.p_unary()
+            hints = getattr(left, "hints", ()) + getattr(right, "hints", ())
             left = (lambda a, b: lambda r: a(r) and b(r))(left, right)
+            if hints:
+                left.hints = hints
         return left
 
     def p_unary(self):
@@ -350,14 +502,26 @@ class FilterParser:
             self.i += 1
             right = self.p_operand()
             op = t[1]
-            return lambda r: _cmp(op, left(r), right(r))
+            fn = lambda r: _cmp(op, left(r), right(r))  # noqa: E731
+            if op == "eq":
+                # "<column> eq '<string>'": an index candidate (see query)
+                attr = getattr(left, "attr", None)
+                lit = getattr(right, "lit", None)
+                if attr is None:
+                    attr = getattr(right, "attr", None)
+                    lit = getattr(left, "lit", None)
+                if attr is not None and lit is not None:
+                    fn.hints = ((attr, lit.lower()),)
+            return fn
         return lambda r: bool(left(r))
 
     def p_operand(self):
         kind, val, _ = self.take()
         if kind == "str":
             lit = val[1:-1].replace("''", "'")
-            return lambda r: lit
+            fn = lambda r: lit  # noqa: E731
+            fn.lit = lit
+            return fn
         if kind in ("guid", "dt"):
             return lambda r: val
         if kind == "num":
@@ -375,7 +539,9 @@ class FilterParser:
         if self.peek()[:2] == ("punct", "("):
             return self.p_func(val)
         name = val
-        return lambda r: r.get(name)
+        fn = lambda r: r.get(name)  # noqa: E731
+        fn.attr = name
+        return fn
 
     def p_func(self, name):
         self.take("punct", "(")
@@ -434,6 +600,9 @@ def compile_filter(text):
         f = _filter_cache.get(text)
     if f is None:
         f = FilterParser(text).parse()
+        # Top-level "and" conjuncts "<column> eq '<string>'", as
+        # ((column, lower-cased literal), ...): query() uses an index.
+        f.eq_hints = getattr(f, "hints", ())
         with _filter_cache_lock:
             if len(_filter_cache) > 512:
                 _filter_cache.clear()
@@ -626,6 +795,9 @@ class Emulator:
     def reset(self):
         with self.lock, self.tlock:
             self.store = {name: {} for name in ENTITY_SETS}
+            # equality indexes: set -> column -> lower-cased value -> {keys}
+            self.index = {es: {a: {} for a in cols}
+                          for es, cols in INDEXED.items()}
             self.version = 1000
             self.actions = []
             self.faults = {}
@@ -645,6 +817,55 @@ class Emulator:
         if st is None:
             st = self.cstate[client] = ClientState()
         return st
+
+    def index_update(self, es, key, old, new):
+        """Move key in the equality indexes of es from the values of record
+        old to those of record new (either may be None).  Caller holds
+        self.lock."""
+        idx = self.index.get(es)
+        if idx is None:
+            return
+        for attr, m in idx.items():
+            ov = old.get(attr) if old is not None else None
+            nv = new.get(attr) if new is not None else None
+            if ov == nv:
+                continue
+            if isinstance(ov, str):
+                lk = ov.lower()
+                ks = m.get(lk)
+                if ks is not None:
+                    ks.discard(key)
+                    if not ks:
+                        del m[lk]
+            if isinstance(nv, str):
+                ks = m.get(nv.lower())
+                if ks is None:
+                    ks = m[nv.lower()] = set()
+                ks.add(key)
+
+    def clear_set(self, es):
+        """Delete every record of one set (admin).  Returns the count."""
+        with self.lock:
+            n = len(self.store[es])
+            self.store[es].clear()
+            if es in self.index:
+                self.index[es] = {a: {} for a in INDEXED[es]}
+            return n
+
+    def add_columns(self, es, cols):
+        """Declare more typed columns on a set ({name: bool|string|datetime|
+        int}); on a strict (crmsync) table this also allows them."""
+        if es not in ENTITY_SETS:
+            raise not_found_segment(es)
+        if not isinstance(cols, dict) or any(t not in _EDM
+                                             for t in cols.values()):
+            raise bad_request("Expected {\"<column>\": \"bool|string|"
+                              "datetime|int\"}.")
+        with self.lock:
+            r = VALIDATION.setdefault(es, {})
+            r["types"] = dict(r.get("types", {}), **cols)
+            RULES[es] = Rules(r, es)
+        return sorted(r["types"])
 
     def next_version(self):
         self.version += 1
@@ -832,6 +1053,8 @@ class Emulator:
         pkname = ENTITY_SETS[set_name][1]
         ts = now_iso()
         n = 0
+        rules = RULES.get(set_name)
+        types = rules.types if rules is not None else ()
         with self.lock:
             table = self.store[set_name]
             for r in records:
@@ -842,6 +1065,12 @@ class Emulator:
                 rec.setdefault("createdon", ts)
                 rec.setdefault("modifiedon", ts)
                 rec["versionnumber"] = self.next_version()
+                for attr, typ in types:
+                    if typ == "datetime" and attr in rec:
+                        rec[attr] = norm_datetime(rec[attr]) or rec[attr]
+                for attr in ("createdon", "modifiedon"):
+                    if attr in r:  # given by the seed: as Dataverse keeps it
+                        rec[attr] = norm_datetime(rec[attr]) or rec[attr]
                 for k, v in r.items():
                     if k.endswith("@odata.bind") and isinstance(v, str):
                         tset, tkey = self.parse_entity_ref(v)
@@ -849,6 +1078,7 @@ class Emulator:
                                            ENTITY_SETS[tset][0])
                         rec["_%s_value" % attr] = tkey
                         rec["_%s_value%s" % (attr, ANNOT_LOOKUP)] = ENTITY_SETS[tset][0]
+                self.index_update(set_name, key, table.get(key), rec)
                 table[key] = rec
                 n += 1
         return n
@@ -950,6 +1180,8 @@ class Emulator:
         table = self.store[es]
         if ctx.undo is not None:
             ctx.undo.append((es, key, old))
+        if es in self.index:
+            self.index_update(es, key, table.get(key), new)
         table[key] = new
 
     def rollback(self, undo):
@@ -961,6 +1193,8 @@ class Emulator:
                     pass
                 continue
             es, key, old = item
+            if es in self.index:
+                self.index_update(es, key, self.store[es].get(key), old)
             if old is None:
                 self.store[es].pop(key, None)
             else:
@@ -971,6 +1205,9 @@ class Emulator:
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object.")
         logical = ENTITY_SETS[es][0]
+        rules = RULES.get(es)
+        if rules is not None and (rules.navs or rules.strict is not None):
+            check_schema(es, logical, body, rules)
         store = self.store
         intern = sys.intern  # keys are shared by all records: saves memory
         # Every body key counts as changed (annotation keys match no rule),
@@ -1034,6 +1271,25 @@ class Emulator:
         logical = ENTITY_SETS[es][0]
         creating = old is None
         ch = set(changed)
+        for attr, typ in rules.types:
+            if attr in ch:
+                v = new.get(attr)
+                if v is None:
+                    continue
+                if typ == "datetime":
+                    n = norm_datetime(v)
+                    if n is None:
+                        raise type_error(v, _EDM[typ])
+                    new[attr] = n
+                elif typ == "bool":
+                    if v is not True and v is not False:
+                        raise type_error(v, _EDM[typ])
+                elif typ == "string":
+                    if not isinstance(v, str):
+                        raise type_error(v, _EDM[typ])
+                elif typ == "int":
+                    if isinstance(v, bool) or not isinstance(v, int):
+                        raise type_error(v, _EDM[typ])
         for attr, maxlen in rules.max_len:
             if attr in ch:
                 v = new.get(attr)
@@ -1057,12 +1313,12 @@ class Emulator:
                 raise validation_error(
                     "The '%s' attribute of the '%s' entity is required and "
                     "cannot be empty." % (attr, logical))
+        for attr, lk in rules.required_lookups:
+            if (creating or attr in ch) and not new.get(lk):
+                raise validation_error(
+                    "The '%s' attribute of the '%s' entity is required "
+                    "and cannot be empty." % (attr, logical))
         if creating:
-            for attr, lk in rules.required_lookups:
-                if not new.get(lk):
-                    raise validation_error(
-                        "The '%s' attribute of the '%s' entity is required "
-                        "and cannot be empty." % (attr, logical))
             return
         for attr, lk in rules.fixed_lookups:
             if attr in ch and new.get(lk) != old.get(lk):
@@ -1172,6 +1428,7 @@ class Emulator:
         if ctx.undo is not None:
             ctx.undo.append((es, key, old))
         del self.store[es][key]
+        self.index_update(es, key, old, None)
         if es in ("contacts", "accounts", "leads", "lists"):
             # cascade: drop list memberships of a deleted member or list
             lm = self.store["listmembers"]
@@ -1247,6 +1504,10 @@ class Emulator:
             if method in ("PUT", "DELETE"):
                 if prop == pkname:
                     raise bad_request("The primary key cannot be updated.")
+                rules = RULES.get(es)
+                if rules is not None and rules.strict is not None and \
+                        prop not in rules.strict:
+                    raise not_found_segment(prop)
                 new = dict(rec)
                 if method == "PUT":
                     if not isinstance(body, dict) or "value" not in body:
@@ -1354,11 +1615,21 @@ class Emulator:
 
     def query(self, es, candidates, params, headers, ctx, version, path):
         pkname = ENTITY_SETS[es][1]
+        ftext = params.get("$filter")
+        f = compile_filter(ftext) if ftext else None
         if candidates is None:
             candidates = self.store[es].values()
-        ftext = params.get("$filter")
-        if ftext:
-            f = compile_filter(ftext)
+            idx = self.index.get(es)
+            if idx is not None and f is not None:
+                # "<indexed col> eq '<literal>'" as a top-level conjunct:
+                # only the records with that value can match.
+                for attr, val in f.eq_hints:
+                    m = idx.get(attr)
+                    if m is not None:
+                        table = self.store[es]
+                        candidates = [table[k] for k in m.get(val, ())]
+                        break
+        if f is not None:
             rows = [r for r in candidates if f(r)]
         else:
             rows = list(candidates)
@@ -1639,6 +1910,31 @@ def _subst_refs(body, cmap):
                 out = dict(body)
             out[k] = "/%s(%s)" % (es, key)
     return out if out is not None else body
+
+
+def check_schema(es, logical, body, rules):
+    """Declared navigation properties (case, target table) and, for the
+    tables whose columns are all known, unknown properties.  Raises
+    ApiError like Dataverse's OData deserializer: before anything else."""
+    strict = rules.strict
+    navs = rules.navs
+    for k, v in body.items():
+        if "@" in k:
+            if not k.endswith("@odata.bind"):
+                continue
+            nav = k[:-11]
+            target = navs.get(nav)
+            if target is None:
+                if strict is not None or nav.lower() in rules.navs_lower:
+                    raise undeclared_nav(nav)
+                continue
+            if isinstance(v, str) and not v.startswith("$"):
+                tset = parse_entity_ref(v)[0]
+                if tset != target:
+                    raise nav_type_mismatch(nav, ENTITY_SETS[tset][0],
+                                            ENTITY_SETS[target][0])
+        elif strict is not None and k not in strict:
+            raise invalid_property(k, logical)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -2083,10 +2379,14 @@ class Handler(BaseHTTPRequestHandler):
                                      e.body())
                 return self.send_json(200, {"inserted": n})
             if m == "DELETE":
-                with emu.lock:
-                    n = len(emu.store[es])
-                    emu.store[es].clear()
-                return self.send_json(200, {"deleted": n})
+                return self.send_json(200, {"deleted": emu.clear_set(es)})
+        if p.startswith("columns/") and m == "POST":
+            try:
+                cols = emu.add_columns(p[len("columns/"):], data)
+            except ApiError as e:
+                return self.send(e.status, [("Content-Type", JSON_CT)],
+                                 e.body())
+            return self.send_json(200, {"columns": cols})
         if p == "ping":
             return self.send_json(200, {"ok": True, "port": emu.port})
         return self.send_json(404, {"error": "unknown admin endpoint %s %s"
@@ -2142,6 +2442,8 @@ def main(argv=None):
     if args.seed:
         with open(args.seed, encoding="utf-8") as f:
             seed = json.load(f)
+        for es, cols in (seed.pop("_columns", None) or {}).items():
+            emu.add_columns(es, cols)
         for es, recs in seed.items():
             emu.seed(es, recs)
     Handler.emu = emu

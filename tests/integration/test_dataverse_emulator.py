@@ -1043,6 +1043,625 @@ def actions_lists_seed_and_stats(emu):
     check({"t", "client", "method", "path", "status"} <= set(e))
 
 
+# ---------------------------------------------------------------------------
+# Bounce / opt-out worker support (docs/bounce.md): crmsync solution tables,
+# consent4 rules, bounce columns, equality index, GET and If-Match in $batch.
+
+PURPOSE_COM = "5e000000-0000-0000-0000-0000000000c1"
+PURPOSE_TRX = "5e000000-0000-0000-0000-0000000000c2"
+TOPIC1 = "70000000-0000-0000-0000-0000000000a1"
+ADV1 = "ad000000-0000-0000-0000-000000000001"
+ISO_UTC_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def seed_consent_catalog(emu):
+    emu.admin("POST", "records/msdynmkt_purposes", [
+        {"msdynmkt_purposeid": PURPOSE_COM, "msdynmkt_name": "Newsletter",
+         "msdynmkt_type": 534120000},
+        {"msdynmkt_purposeid": PURPOSE_TRX, "msdynmkt_name": "Receipts",
+         "msdynmkt_type": 534120001}])
+    emu.admin("POST", "records/msdynmkt_topics", [
+        {"msdynmkt_topicid": TOPIC1, "msdynmkt_name": "Offers",
+         "msdynmkt_purposeid@odata.bind": "/msdynmkt_purposes(%s)"
+                                          % PURPOSE_COM}])
+
+
+def entity_id(hdrs):
+    return hdrs["odata-entityid"].rsplit("(", 1)[1][:-1]
+
+
+@test
+def crmsync_solution_tables(emu):
+    emu.reset()
+    emu.admin("POST", "records/crmsync_advertisingconsents", [
+        {"crmsync_advertisingconsentid": ADV1, "crmsync_name": "Ads",
+         "crmsync_tenant": "t1"}])
+    st, h, _ = emu.api("POST", "contacts", {"emailaddress1": "h@x.example"})
+    eq(st, 204)
+    contact = entity_id(h)
+    st, h, _ = emu.api("POST", "leads", {"emailaddress1": "h@x.example"})
+    lead = entity_id(h)
+    st, h, _ = emu.api("POST", "accounts", {"name": "Acc"})
+    account = entity_id(h)
+    hid = str(uuid.uuid4())
+    body = {"crmsync_name": "opt-out Ads 2024-05-01T10:00:00.123Z",
+            "crmsync_optin": False,
+            "crmsync_occurredon": "2024-05-01T12:00:00.123+02:00",
+            "crmsync_source": "LINK", "crmsync_reason": "clicked",
+            "crmsync_ConsentId@odata.bind":
+                "/crmsync_advertisingconsents(%s)" % ADV1,
+            "crmsync_ContactId@odata.bind": "/contacts(%s)" % contact,
+            "crmsync_LeadId@odata.bind": "/leads(%s)" % lead,
+            "crmsync_AccountId@odata.bind": "/accounts(%s)" % account}
+    st, h, js = emu.api("PATCH", "crmsync_optinhistories(%s)" % hid, body,
+                        {"If-None-Match": "*"})
+    eq(st, 204, "create-only history entry: %r" % (js,))
+    check(h["odata-entityid"].endswith("/crmsync_optinhistories(%s)" % hid))
+    st, h, js = emu.api("PATCH", "crmsync_optinhistories(%s)" % hid, body,
+                        {"If-None-Match": "*"})
+    eq(st, 412, "same entry again")
+    eq(error_of(js), ("0x80040237",
+                      "A record with matching key values already exists."))
+    st, _, js = emu.api(
+        "GET", "crmsync_optinhistories(%s)?$select=crmsync_optin,"
+        "crmsync_occurredon,_crmsync_consentid_value,_crmsync_contactid_value,"
+        "_crmsync_leadid_value,_crmsync_accountid_value" % hid,
+        headers={"Prefer": 'odata.include-annotations="*"'})
+    eq(st, 200)
+    eq((js["crmsync_optin"], js["crmsync_occurredon"]),
+       (False, "2024-05-01T10:00:00Z"), "UTC, whole seconds")
+    eq((js["_crmsync_consentid_value"], js["_crmsync_contactid_value"],
+        js["_crmsync_leadid_value"], js["_crmsync_accountid_value"]),
+       (ADV1, contact, lead, account))
+    eq(js["_crmsync_consentid_value@Microsoft.Dynamics.CRM."
+          "lookuplogicalname"], "crmsync_advertisingconsent")
+    check(js["@odata.etag"].startswith('W/"'))
+    # filter + order by the entry time: the newest entry decides
+    older = dict(body, crmsync_optin=True,
+                 crmsync_occurredon="2024-04-01T00:00:00Z")
+    st, _, _ = emu.api("POST", "crmsync_optinhistories", older)
+    eq(st, 204)
+    st, _, js = emu.api("GET", "crmsync_optinhistories?$select=crmsync_optin"
+                        "&$top=1&$orderby=" + quote("crmsync_occurredon desc")
+                        + "&$filter=" + quote(
+                            "_crmsync_contactid_value eq %s and "
+                            "_crmsync_consentid_value eq %s" % (contact, ADV1)))
+    eq(st, 200)
+    eq([r["crmsync_optin"] for r in js["value"]], [False], "newest first")
+
+    def bad(change, status, code, needle, drop=()):
+        b = dict(body, **change)
+        for k in drop:
+            b.pop(k)
+        st, _, js = emu.api("POST", "crmsync_optinhistories", b)
+        eq(st, status, "%r -> %r" % (change, js))
+        c, msg = error_of(js)
+        eq(c, code, "code for %r" % (change,))
+        check(needle in msg, "%r not in %r" % (needle, msg))
+
+    n0 = emu.admin("GET", "records")["crmsync_optinhistories"]
+    missing = str(uuid.uuid4())
+    bad({"crmsync_ConsentId@odata.bind":
+         "/crmsync_advertisingconsents(%s)" % missing}, 404, "0x80040217",
+        "crmsync_advertisingconsent With Id = %s Does Not Exist" % missing)
+    bad({"crmsync_ContactId@odata.bind": "/contacts(%s)" % missing}, 404,
+        "0x80040217", "contact With Id = %s Does Not Exist" % missing)
+    bad({"crmsync_consentid@odata.bind":
+         "/crmsync_advertisingconsents(%s)" % ADV1}, 400, "0x0",
+        "An undeclared property 'crmsync_consentid' which only has property "
+        "annotations", drop=("crmsync_ConsentId@odata.bind",))
+    bad({"crmsync_ContactId@odata.bind": "/leads(%s)" % lead}, 400, "0x0",
+        "'Microsoft.Dynamics.CRM.lead' was found, but it is not assignable to "
+        "the expected type 'Microsoft.Dynamics.CRM.contact'")
+    bad({"crmsync_unknown": "x"}, 400, "0x0",
+        "Invalid property 'crmsync_unknown' was found in entity "
+        "'Microsoft.Dynamics.CRM.crmsync_optinhistory'")
+    bad({"crmsync_name": "n" * 201}, 400, "0x80044331",
+        "The length of the 'crmsync_name' attribute of the "
+        "'crmsync_optinhistory' entity exceeded the maximum allowed length "
+        "of '200'.")
+    bad({"crmsync_reason": "r" * 501}, 400, "0x80044331",
+        "maximum allowed length of '500'")
+    bad({"crmsync_optin": "false"}, 400, "0x0",
+        "Cannot convert the literal 'false' to the expected type "
+        "'Edm.Boolean'.")
+    bad({"crmsync_occurredon": "yesterday"}, 400, "0x0",
+        "to the expected type 'Edm.DateTimeOffset'")
+    eq(emu.admin("GET", "records")["crmsync_optinhistories"], n0,
+       "no failed write stored anything")
+    # the reason may be exactly 500 characters; the name exactly 200
+    st, _, js = emu.api("POST", "crmsync_optinhistories",
+                        dict(body, crmsync_reason="r" * 500,
+                             crmsync_name="n" * 200))
+    eq(st, 204, js)
+    # more columns on a strict table: POST /_admin/columns/<set>
+    st, _, js = emu.api("POST", "crmsync_optinhistories",
+                        dict(body, new_extra="x"))
+    eq(st, 400)
+    cols = emu.admin("POST", "columns/crmsync_optinhistories",
+                     {"new_extra": "string"})
+    check("new_extra" in cols["columns"])
+    st, _, js = emu.api("POST", "crmsync_optinhistories",
+                        dict(body, new_extra="x"))
+    eq(st, 204, js)
+    # advertising consents: name + tenant, nothing else
+    st, h, _ = emu.api("POST", "crmsync_advertisingconsents",
+                       {"crmsync_name": "Partner ads", "crmsync_tenant": "t2"})
+    eq(st, 204)
+    st, _, js = emu.api("GET", "crmsync_advertisingconsents?$select="
+                        "crmsync_name&$filter=" + quote("crmsync_tenant eq 'T2'"))
+    eq([r["crmsync_name"] for r in js["value"]], ["Partner ads"])
+    eq(js["value"][0]["crmsync_advertisingconsentid"], entity_id(h))
+    st, _, js = emu.api("POST", "crmsync_advertisingconsents",
+                        {"crmsync_name": "x", "msdynmkt_type": 534120000})
+    eq(st, 400, "unknown column on the consent table")
+    # single-property writes are typed and checked too
+    st, _, _ = emu.api("PUT", "crmsync_optinhistories(%s)/crmsync_occurredon"
+                       % hid, {"value": "2024-06-01T00:00:00.5Z"})
+    eq(st, 204)
+    st, _, js = emu.api("GET", "crmsync_optinhistories(%s)/crmsync_occurredon"
+                        % hid)
+    eq(js["value"], "2024-06-01T00:00:00Z")
+    st, _, js = emu.api("PUT", "crmsync_optinhistories(%s)/crmsync_optin"
+                        % hid, {"value": "no"})
+    eq((st, error_of(js)[0]), (400, "0x0"), "PUT typed property")
+    st, _, js = emu.api("PUT", "crmsync_optinhistories(%s)/crmsync_nope"
+                        % hid, {"value": "x"})
+    eq((st, error_of(js)[0]), (404, "0x8006088a"), "PUT unknown property")
+    st, _, _ = emu.api("DELETE", "crmsync_optinhistories(%s)" % hid)
+    eq(st, 204)
+
+
+@test
+def consent4_rules_and_filters(emu):
+    emu.reset()
+    seed_consent_catalog(emu)
+    base = {"msdynmkt_contactpointvalue": "a@b.example",
+            "msdynmkt_contactpointtype": 534120000,
+            "msdynmkt_contactpointconsenttype": 534120000,
+            "msdynmkt_value": 534120002, "msdynmkt_source": 534120007,
+            "msdynmkt_logicalreason": 534120007,
+            "msdynmkt_reason": "crmsync:t=2024-05-01T10:00:00.000Z;"
+                               "k=UNSUBSCRIBE;s=LIST_UNSUBSCRIBE; ",
+            "msdynmkt_purposeId@odata.bind": "/msdynmkt_purposes(%s)"
+                                             % PURPOSE_COM}
+
+    def create(change=None, drop=(), headers=None):
+        b = dict(base, **(change or {}))
+        for k in drop:
+            b.pop(k)
+        rid = str(uuid.uuid4())
+        st, _, js = emu.api("PATCH", "msdynmkt_contactpointconsent4s(%s)"
+                            % rid, b, dict({"If-None-Match": "*"},
+                                           **(headers or {})))
+        return st, js, rid
+
+    for attr in ("msdynmkt_contactpointvalue", "msdynmkt_contactpointtype",
+                 "msdynmkt_contactpointconsenttype"):
+        st, js, _ = create(drop=(attr,))
+        eq(st, 400, "without %s" % attr)
+        eq(error_of(js), ("0x80044331", "A validation error occurred.  The "
+                          "'%s' attribute of the 'msdynmkt_contactpointconsent4'"
+                          " entity is required and cannot be empty." % attr))
+    st, js, _ = create(drop=("msdynmkt_purposeId@odata.bind",))
+    eq(st, 400, "without purpose")
+    check("'msdynmkt_purposeid' attribute" in error_of(js)[1])
+    missing = str(uuid.uuid4())
+    st, js, _ = create({"msdynmkt_purposeId@odata.bind":
+                        "/msdynmkt_purposes(%s)" % missing})
+    eq((st, error_of(js)), (404, ("0x80040217", "msdynmkt_purpose With Id = "
+                                  "%s Does Not Exist" % missing)))
+    st, js, _ = create({"msdynmkt_topicId@odata.bind":
+                        "/msdynmkt_topics(%s)" % missing,
+                        "msdynmkt_contactpointconsenttype": 534120001})
+    eq((st, error_of(js)[0]), (404, "0x80040217"), "missing topic")
+    st, js, _ = create({"msdynmkt_purposeid@odata.bind":
+                        "/msdynmkt_purposes(%s)" % PURPOSE_COM},
+                       drop=("msdynmkt_purposeId@odata.bind",))
+    eq((st, error_of(js)[0]), (400, "0x0"), "nav names are case-sensitive")
+    check("undeclared property 'msdynmkt_purposeid'" in error_of(js)[1])
+    st, js, _ = create({"msdynmkt_purposeId@odata.bind":
+                        "/msdynmkt_topics(%s)" % TOPIC1})
+    eq(st, 400, "purpose nav bound to a topic")
+    st, js, _ = create({"msdynmkt_contactpointconsenttype": 534120002})
+    eq((st, error_of(js)[0]), (400, "0x8004431a"), "consent type range")
+    eq(emu.admin("GET", "records")["msdynmkt_contactpointconsent4s"], 0)
+    # valid rows: purpose (mixed-case address), topic, other channel, other
+    # purpose
+    st, js, purpose_row = create({"msdynmkt_contactpointvalue": "A@b.Example"})
+    eq(st, 204, js)
+    st, js, topic_row = create({
+        "msdynmkt_contactpointconsenttype": 534120001,
+        "msdynmkt_topicId@odata.bind": "/msdynmkt_topics(%s)" % TOPIC1})
+    eq(st, 204, js)
+    st, js, _ = create({"msdynmkt_contactpointtype": 534120001})
+    eq(st, 204, js)
+    st, js, trx_row = create({"msdynmkt_purposeId@odata.bind":
+                              "/msdynmkt_purposes(%s)" % PURPOSE_TRX})
+    eq(st, 204, js)
+    st, js, _ = create({"msdynmkt_contactpointvalue": "other@b.example"})
+    eq(st, 204, js)
+    st, js, dup = create()
+    st2, js2 = emu.api("PATCH", "msdynmkt_contactpointconsent4s(%s)" % dup,
+                       base, {"If-None-Match": "*"})[::2]
+    eq((st2, error_of(js2)[0]), (412, "0x80040237"), "create-only twice")
+
+    def rows(flt, sel="msdynmkt_contactpointconsent4id"):
+        st, _, js = emu.api("GET", "msdynmkt_contactpointconsent4s?$select=%s"
+                            "&$filter=%s" % (sel, quote(flt, safe="")))
+        check(st == 200, "%r -> %r" % (flt, js))
+        return js["value"]
+
+    point = ("msdynmkt_contactpointvalue eq 'A@B.example' and "
+             "msdynmkt_contactpointtype eq 534120000")
+    got = {r["msdynmkt_contactpointconsent4id"] for r in rows(point)}
+    eq(len(got), 4, "4 email rows of the address, any case")
+    check(purpose_row in got and topic_row in got and trx_row in got)
+    got = {r["msdynmkt_contactpointconsent4id"] for r in rows(
+        point + " and _msdynmkt_purposeid_value eq %s and "
+        "_msdynmkt_topicid_value eq null" % PURPOSE_COM)}
+    eq(got, {purpose_row, dup}, "purpose rows without topic")
+    got = [r["msdynmkt_contactpointconsent4id"] for r in rows(
+        point + " and _msdynmkt_topicid_value eq %s" % TOPIC1.upper())]
+    eq(got, [topic_row], "topic row")
+    # rows carry modifiedon (ISO 8601 UTC) and @odata.etag
+    r = rows("msdynmkt_contactpointconsent4id eq %s" % purpose_row,
+             "msdynmkt_value,modifiedon,msdynmkt_reason,"
+             "_msdynmkt_purposeid_value,_msdynmkt_topicid_value")[0]
+    check(ISO_UTC_RE.fullmatch(r["modifiedon"]), r["modifiedon"])
+    check(re.fullmatch(r'W/"\d+"', r["@odata.etag"]), r["@odata.etag"])
+    eq((r["msdynmkt_value"], r["_msdynmkt_purposeid_value"],
+        r["_msdynmkt_topicid_value"]), (534120002, PURPOSE_COM, None))
+    # update with the etag read: ok once, then 412 (the row changed)
+    etag = r["@odata.etag"]
+    url = "msdynmkt_contactpointconsent4s(%s)" % purpose_row
+    st, _, js = emu.api("PATCH", url, {"msdynmkt_value": 534120001},
+                        {"If-Match": etag})
+    eq(st, 204, js)
+    st, _, js = emu.api("PATCH", url, {"msdynmkt_value": 534120002},
+                        {"If-Match": etag})
+    eq(st, 412, "stale etag")
+    eq(error_of(js), ("0x80060882", "The version of the existing record "
+                      "doesn't match the RowVersion property provided."))
+    st, _, js = emu.api("GET", url + "?$select=msdynmkt_value")
+    eq(js["msdynmkt_value"], 534120001, "stale write not applied")
+    check(js["@odata.etag"] != etag)
+    # modifiedon moves on every write (seeded row with an old modifiedon)
+    old_id = str(uuid.uuid4())
+    emu.admin("POST", "records/msdynmkt_contactpointconsent4s", [dict(
+        {k: v for k, v in base.items() if "@" not in k},
+        msdynmkt_contactpointconsent4id=old_id,
+        _msdynmkt_purposeid_value=PURPOSE_COM,
+        modifiedon="2020-01-01T00:00:00Z")])
+    url = "msdynmkt_contactpointconsent4s(%s)" % old_id
+    st, _, js = emu.api("GET", url + "?$select=modifiedon")
+    eq(js["modifiedon"], "2020-01-01T00:00:00Z", "seeded modifiedon kept")
+    st, _, _ = emu.api("PATCH", url, {"msdynmkt_value": 534120001},
+                       {"If-Match": js["@odata.etag"]})
+    eq(st, 204)
+    st, _, js = emu.api("GET", url + "?$select=modifiedon")
+    check(js["modifiedon"] > "2024", "modifiedon updated: %r"
+          % js["modifiedon"])
+    # clearing the required purpose on update is rejected
+    st, _, js = emu.api("PATCH", url, {"msdynmkt_purposeId@odata.bind": None},
+                        {"If-Match": "*"})
+    eq(st, 400, "purpose cleared")
+
+
+@test
+def bounce_columns_on_people(emu):
+    emu.reset()
+    ids = {}
+    for es in ("contacts", "accounts", "leads"):
+        rid = str(uuid.uuid4())
+        body = {"emailaddress1": "Mixed.Case@Example.com"}
+        if es == "accounts":
+            body["name"] = "A"
+        st, _, js = emu.api("PATCH", "%s(%s)" % (es, rid), body)
+        eq(st, 204, js)
+        ids[es] = rid
+        st, _, js = emu.api("PATCH", "%s(%s)" % (es, rid), {
+            "crmsync_emailbounced": True,
+            "crmsync_emailbouncedon": "2024-05-01T10:00:00.999Z",
+            "donotbulkemail": True}, {"If-Match": "*"})
+        eq(st, 204, js)
+        st, _, js = emu.api(
+            "GET", "%s?$select=emailaddress1,crmsync_emailbounced,"
+            "crmsync_emailbouncedon,donotbulkemail&$filter=%s"
+            % (es, quote("emailaddress1 eq 'mixed.case@example.COM'")))
+        eq(st, 200)
+        eq(len(js["value"]), 1, "%s by address, case-insensitive" % es)
+        r = js["value"][0]
+        eq((r["crmsync_emailbounced"], r["crmsync_emailbouncedon"],
+            r["donotbulkemail"], r["emailaddress1"]),
+           (True, "2024-05-01T10:00:00Z", True, "Mixed.Case@Example.com"),
+           es)
+        eq(set(r), {"@odata.etag", "emailaddress1", "crmsync_emailbounced",
+                    "crmsync_emailbouncedon", "donotbulkemail",
+                    es[:-1] + "id"}, "$select")
+        for bad_body, edm in (({"crmsync_emailbounced": "true"},
+                               "Edm.Boolean"),
+                              ({"donotbulkemail": 1}, "Edm.Boolean"),
+                              ({"crmsync_emailbouncedon": "2024-13-01"},
+                               "Edm.DateTimeOffset"),
+                              ({"emailaddress1": 5}, "Edm.String")):
+            st, _, js = emu.api("PATCH", "%s(%s)" % (es, rid), bad_body,
+                                {"If-Match": "*"})
+            eq(st, 400, "%s %r" % (es, bad_body))
+            check(edm in error_of(js)[1], error_of(js)[1])
+        st, _, js = emu.api("PATCH", "%s(%s)" % (es, rid),
+                            {"crmsync_emailbounced": False,
+                             "crmsync_emailbouncedon": None},
+                            {"If-Match": "*"})
+        eq(st, 204, "reset to No")
+        st, _, js = emu.api("GET", "%s(%s)?$select=crmsync_emailbounced,"
+                            "crmsync_emailbouncedon" % (es, rid))
+        eq((js["crmsync_emailbounced"], js["crmsync_emailbouncedon"]),
+           (False, None))
+    st, _, js = emu.api("PATCH", "leads(%s)" % ids["leads"],
+                        {"statecode": 2, "statuscode": 6}, {"If-Match": "*"})
+    eq(st, 204, "disqualified lead")
+    st, _, js = emu.api("GET", "leads?$select=statecode&$filter=" +
+                        quote("statecode eq 2"))
+    eq([r["leadid"] for r in js["value"]], [ids["leads"]])
+    st, _, js = emu.api("PATCH", "leads(%s)" % ids["leads"], {"statecode": 3},
+                        {"If-Match": "*"})
+    eq((st, error_of(js)[0]), (400, "0x8004431a"), "lead statecode 3")
+    st, _, js = emu.api("POST", "contacts",
+                        {"emailaddress1": "x" * 95 + "@e.example"})
+    eq(st, 400, "emailaddress1 is String(100)")
+
+
+@test
+def email_index_stays_consistent(emu):
+    """The emailaddress1 / contactpointvalue index must give the same
+    answers as a full scan through every kind of write."""
+    emu.reset()
+
+    def found(addr, es="contacts"):
+        st, _, js = emu.api("GET", "%s?$select=emailaddress1&$filter=%s" % (
+            es, quote("emailaddress1 eq '%s'" % addr.replace("'", "''"),
+                      safe="")))
+        eq(st, 200, js)
+        return sorted(r[es[:-1] + "id"] for r in js["value"])
+
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    emu.admin("POST", "records/contacts", [
+        {"contactid": a, "emailaddress1": "one@x.example"},
+        {"contactid": b, "emailaddress1": "ONE@x.example"}])
+    eq(found("One@X.example"), sorted([a, b]), "seeded, shared address")
+    st, _, _ = emu.api("POST", "contacts", {"contactid": c,
+                                            "emailaddress1": "o'ne@x.example"})
+    eq(found("O'NE@x.example"), [c], "created, quote in address")
+    st, _, _ = emu.api("PATCH", "contacts(%s)" % b,
+                       {"emailaddress1": "two@x.example"}, {"If-Match": "*"})
+    eq((found("one@x.example"), found("two@x.example")), ([a], [b]), "moved")
+    st, _, _ = emu.api("PUT", "contacts(%s)/emailaddress1" % b,
+                       {"value": "three@x.example"})
+    eq((found("two@x.example"), found("three@x.example")), ([], [b]), "PUT")
+    st, _, _ = emu.api("DELETE", "contacts(%s)/emailaddress1" % b)
+    eq(found("three@x.example"), [], "property cleared")
+    st, _, _ = emu.api("DELETE", "contacts(%s)" % a)
+    eq(found("one@x.example"), [], "deleted")
+    # a rolled-back change set restores the index
+    cs = {"changeset": [
+        {"method": "PATCH", "url": "contacts(%s)" % c,
+         "body": {"emailaddress1": "moved@x.example"},
+         "headers": {"If-Match": "*"}},
+        {"method": "POST", "url": "contacts",
+         "body": {"emailaddress1": "new@x.example"}},
+        {"method": "PATCH", "url": "contacts(%s)" % uuid.uuid4(),
+         "body": {"lastname": "x"}, "headers": {"If-Match": "*"}}]}
+    st, _, _ = send_batch(emu, [cs])
+    eq(st, 400)
+    eq((found("o'ne@x.example"), found("moved@x.example"),
+        found("new@x.example")), ([c], [], []), "rollback")
+    # other filter shapes still scan: or / not / functions
+    st, _, js = emu.api("GET", "contacts?$filter=" + quote(
+        "emailaddress1 eq 'nobody@x.example' or startswith(emailaddress1,'o''')",
+        safe=""))
+    eq([r["contactid"] for r in js["value"]], [c], "or")
+    st, _, js = emu.api("GET", "contacts?$filter=" + quote(
+        "not (emailaddress1 eq 'nobody@x.example')", safe=""))
+    eq(len(js["value"]), 2, "not")
+    # admin DELETE clears the index
+    emu.admin("DELETE", "records/contacts")
+    eq(found("o'ne@x.example"), [], "cleared")
+    emu.admin("POST", "records/leads", [{"emailaddress1": "l@x.example"}])
+    eq(len(found("L@X.EXAMPLE", "leads")), 1, "leads indexed")
+    # speed: 50k contacts; a lookup by address must not scan them all
+    recs = [{"contactid": str(uuid.UUID(int=i + 1)),
+             "emailaddress1": "user%d@bulk.example" % i,
+             "lastname": "L%d" % i} for i in range(50000)]
+    for i in range(0, len(recs), 25000):
+        emu.admin("POST", "records/contacts", recs[i:i + 25000])
+    n = 200
+    t0 = time.perf_counter()
+    for i in range(n):
+        eq(len(found("USER%d@bulk.example" % (i * 37))), 1)
+    ix = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for i in range(20):
+        st, _, js = emu.api("GET", "contacts?$select=lastname&$filter=" + quote(
+            "lastname eq 'L%d'" % (i * 37), safe=""))
+        eq(len(js["value"]), 1)
+    scan = (time.perf_counter() - t0) / 20
+    print("  by-address lookup over 50k contacts: %.2f ms indexed, %.2f ms "
+          "scan" % (ix * 1000, scan * 1000))
+    check(ix < scan / 3, "index not used: %.2f ms vs %.2f ms scan"
+          % (ix * 1000, scan * 1000))
+    emu.reset()
+
+
+def batch_parts(emu, items, prefer=None):
+    st, hdrs, data = send_batch(emu, items, prefer=prefer)
+    ct = hdrs.get("content-type", "")
+    check(ct.startswith("multipart/mixed; boundary=batchresponse_"),
+          "%d %r %r" % (st, ct, data[:300]))
+    return st, parse_multipart(data.decode(), _boundary(ct))
+
+
+@test
+def batch_get_and_if_match(emu):
+    emu.reset()
+    a, b, missing = (str(uuid.uuid4()) for _ in range(3))
+    emu.admin("POST", "records/contacts", [
+        {"contactid": a, "emailaddress1": "x@y.example", "lastname": "A"},
+        {"contactid": b, "emailaddress1": "X@Y.example", "lastname": "B"}])
+    flt = "emailaddress1 eq 'x@y.example'"
+    gets = [{"method": "GET", "url": "contacts?$select=contactid,emailaddress1"
+             "&$filter=" + quote(flt, safe="'@")},
+            {"method": "GET", "url": "/api/data/v9.2/contacts?$select="
+             "contactid,emailaddress1&$filter=" + flt},  # raw spaces
+            {"method": "GET", "url": "contacts(%s)?$select=emailaddress1" % a},
+            {"method": "GET", "url": "contacts(%s)?$select=emailaddress1"
+             % missing}]
+    st, parts = batch_parts(emu, gets, prefer="odata.continue-on-error")
+    eq(st, 200)
+    eq([p["status"] for p in parts], [200, 200, 200, 404])
+    # the collection part has the documented shape (golden 01, GET part)
+    _, gparts = golden_response("01-batch-no-changeset.response.http", emu.base)
+    gget = gparts[-1]
+    for p in parts[:2]:
+        eq((p["content_type"], p["cte"], p["status"],
+            [k for k, _ in p["headers"]]),
+           (gget["content_type"], gget["cte"], gget["status"],
+            [k for k, _ in gget["headers"]]), "collection part layout")
+        eq(dict(p["headers"])["Content-Type"],
+           "application/json; odata.metadata=minimal; odata.streaming=true")
+        eq(sorted(r["contactid"] for r in p["json"]["value"]), sorted([a, b]))
+        for r in p["json"]["value"]:
+            check(re.fullmatch(r'W/"\d+"', r["@odata.etag"]), r)
+            eq(set(r), {"@odata.etag", "contactid", "emailaddress1"})
+        check(p["json"]["@odata.context"].endswith(
+            "$metadata#contacts(contactid,emailaddress1)"))
+    one = parts[2]
+    eq((one["json"]["contactid"], one["json"]["emailaddress1"]),
+       (a, "x@y.example"))
+    etag_a = one["json"]["@odata.etag"]
+    eq(dict(one["headers"]).get("ETag"), etag_a, "ETag header on the part")
+    eq(error_of(parts[3]["json"]),
+       ("0x80040217", "contact With Id = %s Does Not Exist" % missing))
+    check(any(k == "REQ_ID" for k, _ in parts[3]["headers"]))
+    # without continue-on-error a failed GET stops the batch
+    st, parts = batch_parts(emu, [gets[3], gets[2]])
+    eq((st, [p["status"] for p in parts]), (400, [404]))
+    # If-Match inside $batch: stale etag -> 412 and the change set rolls
+    # back; current etag -> 204; If-Match * on a missing row -> 404;
+    # If-None-Match * on an existing row -> 412
+    stale = 'W/"1"'
+    cs = {"changeset": [
+        {"method": "PATCH", "url": "contacts(%s)" % b, "content_id": "1",
+         "body": {"lastname": "B2"}, "headers": {"If-Match": "*"}},
+        {"method": "PATCH", "url": "contacts(%s)" % a, "content_id": "2",
+         "body": {"lastname": "A2"}, "headers": {"If-Match": stale}}]}
+    st, parts = batch_parts(emu, [cs])
+    eq((st, len(parts), parts[0]["status"], parts[0]["content_id"]),
+       (400, 1, 412, "2"))
+    eq(error_of(parts[0]["json"]),
+       ("0x80060882", "The version of the existing record doesn't match the "
+                      "RowVersion property provided."))
+    recs = {r["contactid"]: r for r in emu.admin("GET", "records/contacts")}
+    eq((recs[a]["lastname"], recs[b]["lastname"]), ("A", "B"), "rolled back")
+    ops = [{"method": "PATCH", "url": "contacts(%s)" % a,
+            "body": {"lastname": "A3"}, "headers": {"If-Match": etag_a}},
+           {"method": "PATCH", "url": "contacts(%s)" % a,
+            "body": {"lastname": "A4"}, "headers": {"If-Match": etag_a}},
+           {"method": "PATCH", "url": "contacts(%s)" % missing,
+            "body": {"lastname": "M"}, "headers": {"If-Match": "*"}},
+           {"method": "PATCH", "url": "contacts(%s)" % b,
+            "body": {"lastname": "B5"}, "headers": {"If-None-Match": "*"}},
+           {"method": "GET", "url": "contacts(%s)?$select=lastname" % a}]
+    st, parts = batch_parts(emu, ops, prefer="odata.continue-on-error")
+    eq(st, 200)
+    eq([p["status"] for p in parts], [204, 412, 404, 412, 200])
+    eq(error_of(parts[2]["json"])[0], "0x80040217")
+    eq(error_of(parts[3]["json"])[0], "0x80040237")
+    eq(parts[4]["json"]["lastname"], "A3", "only the first etag write won")
+    check(parts[4]["json"]["@odata.etag"] != etag_a)
+    eq(len(emu.admin("GET", "records/contacts")), 2, "nothing created")
+
+
+@test
+def seed_consent_and_history_tables(emu):
+    contact = str(uuid.uuid4())
+    row = str(uuid.uuid4())
+    seed = {
+        "_columns": {"crmsync_optinhistories": {"new_channel": "string"}},
+        "msdynmkt_purposes": [
+            {"msdynmkt_purposeid": PURPOSE_COM, "msdynmkt_name": "News",
+             "msdynmkt_type": 534120000},
+            {"msdynmkt_purposeid": PURPOSE_TRX, "msdynmkt_name": "Receipts",
+             "msdynmkt_type": 534120001}],
+        "msdynmkt_topics": [
+            {"msdynmkt_topicid": TOPIC1, "msdynmkt_name": "Offers",
+             "msdynmkt_purposeid@odata.bind": "/msdynmkt_purposes(%s)"
+                                              % PURPOSE_COM}],
+        "msdynmkt_contactpointconsent4s": [
+            {"msdynmkt_contactpointconsent4id": row,
+             "msdynmkt_contactpointvalue": "Seed@X.example",
+             "msdynmkt_contactpointtype": 534120000,
+             "msdynmkt_contactpointconsenttype": 534120001,
+             "msdynmkt_value": 534120001, "msdynmkt_source": 534120004,
+             "modifiedon": "2024-03-01T09:00:00.250+01:00",
+             "msdynmkt_purposeId@odata.bind": "/msdynmkt_purposes(%s)"
+                                              % PURPOSE_COM,
+             "msdynmkt_topicId@odata.bind": "/msdynmkt_topics(%s)" % TOPIC1}],
+        "crmsync_advertisingconsents": [
+            {"crmsync_advertisingconsentid": ADV1, "crmsync_name": "Ads",
+             "crmsync_tenant": "t1"}],
+        "contacts": [{"contactid": contact,
+                      "emailaddress1": "seed@x.example",
+                      "crmsync_emailbounced": True,
+                      "crmsync_emailbouncedon": "2024-02-01T10:00:00.5+01:00"}],
+        "crmsync_optinhistories": [
+            {"crmsync_name": "seeded", "crmsync_optin": True,
+             "crmsync_occurredon": "2024-01-01T00:00:00Z",
+             "crmsync_ConsentId@odata.bind":
+                 "/crmsync_advertisingconsents(%s)" % ADV1,
+             "crmsync_ContactId@odata.bind": "/contacts(%s)" % contact}],
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(seed, f)
+    e2 = Emu("--seed", f.name)
+    try:
+        st, _, js = e2.api("GET", "msdynmkt_purposes?$select=msdynmkt_name"
+                           "&$filter=" + quote("msdynmkt_type eq 534120000"))
+        eq([p["msdynmkt_purposeid"] for p in js["value"]], [PURPOSE_COM])
+        st, _, js = e2.api("GET", "msdynmkt_topics(%s)?$select="
+                           "_msdynmkt_purposeid_value" % TOPIC1)
+        eq(js["_msdynmkt_purposeid_value"], PURPOSE_COM)
+        st, _, js = e2.api(
+            "GET", "msdynmkt_contactpointconsent4s?$select=modifiedon,"
+            "msdynmkt_value,_msdynmkt_purposeid_value,_msdynmkt_topicid_value"
+            "&$filter=" + quote("msdynmkt_contactpointvalue eq 'seed@x.example'"
+                                " and msdynmkt_contactpointtype eq 534120000",
+                                safe=""))
+        eq(len(js["value"]), 1, "seeded consent row found by address")
+        r = js["value"][0]
+        eq((r["msdynmkt_contactpointconsent4id"], r["modifiedon"],
+            r["_msdynmkt_purposeid_value"], r["_msdynmkt_topicid_value"]),
+           (row, "2024-03-01T08:00:00Z", PURPOSE_COM, TOPIC1))
+        check(r["@odata.etag"].startswith('W/"'))
+        st, _, js = e2.api("GET", "contacts?$select=crmsync_emailbouncedon"
+                           "&$filter=" + quote("emailaddress1 eq "
+                                               "'SEED@x.example'", safe=""))
+        eq([c["crmsync_emailbouncedon"] for c in js["value"]],
+           ["2024-02-01T09:00:00Z"], "seeded datetime normalised")
+        st, _, js = e2.api("GET", "crmsync_optinhistories?$select="
+                           "crmsync_name,_crmsync_consentid_value,"
+                           "_crmsync_contactid_value")
+        eq([(h["crmsync_name"], h["_crmsync_consentid_value"],
+             h["_crmsync_contactid_value"]) for h in js["value"]],
+           [("seeded", ADV1, contact)])
+        st, _, js = e2.api("POST", "crmsync_optinhistories",
+                           {"crmsync_name": "x", "new_channel": "email"})
+        eq(st, 204, "column declared by the seed's _columns: %r" % (js,))
+    finally:
+        e2.stop()
+        os.unlink(f.name)
+
+
 @test
 def throughput_and_memory(emu):
     emu.reset()
