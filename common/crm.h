@@ -10,10 +10,12 @@
  * (crm_dataverse.c, the Dataverse Web API with OAuth2 client credentials and
  * $batch).
  *
- * Result mapping per operation: 2xx -> CRM_OP_OK; 412 on CRM_OP_CREATE_ONLY
- * -> CRM_OP_EXISTS (the record is already there: a replay); 429/5xx/408 ->
- * CRM_OP_RETRY (retry later, never dead-letter); any other 4xx ->
- * CRM_OP_FAILED with the CRM's error code and message.
+ * Result mapping per operation: 2xx -> CRM_OP_OK (a GET's JSON body in
+ * op->response); 412 on CRM_OP_CREATE_ONLY -> CRM_OP_EXISTS (the record is
+ * already there: a replay); 404 on a GET -> CRM_OP_NOT_FOUND; 412 or 404 on
+ * an op with if_match (the row changed or vanished since it was read) and
+ * 429/5xx/408 -> CRM_OP_RETRY (retry later, never dead-letter); any other
+ * 4xx -> CRM_OP_FAILED with the CRM's error code and message.
  *
  * Ownership: a crm owns its HTTP client and token; strings in crm_options
  * are copied. Ops are owned by the caller (execute only writes the out
@@ -48,22 +50,28 @@ enum crm_op_result {
     CRM_OP_EXISTS,
     CRM_OP_RETRY,
     CRM_OP_FAILED,
+    CRM_OP_NOT_FOUND, /* a GET answered 404 */
 };
 
 struct crm_op {
     /* in */
-    const char *method; /* "POST" | "PATCH" | "DELETE" | "GET" (borrowed) */
-    char *path;         /* relative to the API root, e.g.
-                           "campaignresponses(<guid>)" (owned by the caller) */
-    char *body;         /* JSON text or NULL (owned by the caller) */
-    unsigned flags;     /* enum crm_op_flags */
-    int changeset;      /* 0 = standalone; ops with the same non-zero value
-                           form one atomic change set (must be adjacent) */
+    const char *method;   /* "POST" | "PATCH" | "DELETE" | "GET" (borrowed) */
+    char *path;           /* relative to the API root, e.g.
+                             "campaignresponses(<guid>)" (owned by the caller) */
+    char *body;           /* JSON text or NULL (owned by the caller) */
+    unsigned flags;       /* enum crm_op_flags */
+    const char *if_match; /* ETag read earlier (W/"123"): sent as If-Match
+                             for optimistic concurrency; NULL = none
+                             (borrowed) */
+    int changeset;        /* 0 = standalone; ops with the same non-zero value
+                             form one atomic change set (must be adjacent) */
     /* out */
     enum crm_op_result result;
     int status;          /* HTTP status of this operation (0: not executed) */
     char error[256];     /* CRM error code + message for FAILED/RETRY */
     long retry_after_ms; /* for RETRY because of throttling */
+    json_t *response;    /* 2xx JSON body of a GET, else NULL (caller
+                            json_decref()s it) */
 };
 
 struct crm_ops {

@@ -48,7 +48,14 @@ static void write_op_part(struct buf *b, const struct crm_op *op,
         buf_appends(b, "Content-Type: application/json; type=entry\r\n");
     if (op->flags & CRM_OP_CREATE_ONLY)
         buf_appends(b, "If-None-Match: *\r\n");
-    if (op->flags & CRM_OP_UPDATE_ONLY)
+    if (op->if_match) {
+        /* An ETag comes from a response body: never let it end the header. */
+        buf_appends(b, "If-Match: ");
+        for (const char *c = op->if_match; *c; c++)
+            if ((unsigned char)*c >= 0x20 && *c != 0x7f)
+                buf_append(b, c, 1);
+        buf_appends(b, "\r\n");
+    } else if (op->flags & CRM_OP_UPDATE_ONLY)
         buf_appends(b, "If-Match: *\r\n");
     buf_appends(b, "\r\n");
     if (op->body)
@@ -447,8 +454,23 @@ static void apply_resp(struct crm_op *op, const struct part_resp *r)
     op->retry_after_ms = 0;
     if (r->status >= 200 && r->status < 300) {
         op->result = CRM_OP_OK;
+        if (strcmp(op->method, "GET") == 0 && r->body.len > 0) {
+            json_decref(op->response);
+            op->response = json_loadb(r->body.p, r->body.len, 0, NULL);
+            if (op->response == NULL) {
+                op->result = CRM_OP_RETRY;
+                snprintf(op->error, sizeof(op->error),
+                         "%d: unparseable JSON body", r->status);
+            }
+        }
     } else if (r->status == 412 && (op->flags & CRM_OP_CREATE_ONLY)) {
         op->result = CRM_OP_EXISTS;
+    } else if (r->status == 404 && strcmp(op->method, "GET") == 0) {
+        op->result = CRM_OP_NOT_FOUND;
+        crm_batch_op_error(op, r->status, r->body.p, r->body.len);
+    } else if (op->if_match && (r->status == 412 || r->status == 404)) {
+        op->result = CRM_OP_RETRY; /* re-read, then decide again */
+        crm_batch_op_error(op, r->status, r->body.p, r->body.len);
     } else if (r->status == 429 || r->status == 408 || r->status >= 500) {
         op->result = CRM_OP_RETRY;
         op->retry_after_ms = r->retry_after_ms;

@@ -268,7 +268,8 @@ static void new_boundary(char *out, size_t out_size)
 
 static bool op_done(const struct crm_op *op)
 {
-    return op->result == CRM_OP_OK || op->result == CRM_OP_EXISTS;
+    return op->result == CRM_OP_OK || op->result == CRM_OP_EXISTS ||
+           op->result == CRM_OP_NOT_FOUND;
 }
 
 static void mark_range(struct crm_op *ops, size_t n, enum crm_op_result res,
@@ -480,6 +481,7 @@ static void count_results(struct dataverse *dv, const struct crm_op *ops,
         [CRM_OP_EXISTS] = "result=\"exists\"",
         [CRM_OP_RETRY] = "result=\"retry\"",
         [CRM_OP_FAILED] = "result=\"failed\"",
+        [CRM_OP_NOT_FOUND] = "result=\"not_found\"",
     };
 
     for (size_t k = 0; k < n; k++)
