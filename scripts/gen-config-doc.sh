@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# Regenerates the configuration reference in README.md from a worker's
-# config table: runs `<worker-binary> --help-markdown` and replaces the text
+# Regenerates the configuration reference in README.md from the workers'
+# config tables: runs `<worker-binary> --help-markdown` for each given
+# binary (one table per worker, in the order given) and replaces the text
 # between the markers
 #   <!-- config-reference:begin -->
 #   <!-- config-reference:end -->
 # (the markers stay). Creates no other files.
 #
-# Usage: scripts/gen-config-doc.sh BUILD/workers/crmsync-response [README.md]
+# Usage: scripts/gen-config-doc.sh WORKER_BINARY... [README.md]
+#   e.g. scripts/gen-config-doc.sh build/dev/workers/crmsync-*
 set -euo pipefail
 
 begin='<!-- config-reference:begin -->'
 end='<!-- config-reference:end -->'
 
-if [ $# -lt 1 ] || [ $# -gt 2 ]; then
-    echo "usage: $0 WORKER_BINARY [README.md]" >&2
+if [ $# -lt 1 ]; then
+    echo "usage: $0 WORKER_BINARY... [README.md]" >&2
     exit 2
 fi
-bin=$1
-readme=${2:-"$(cd "$(dirname "$0")/.." && pwd)/README.md"}
-
-if [ ! -x "$bin" ]; then
-    echo "$0: $bin is not an executable worker binary" >&2
-    exit 1
-fi
+bins=()
+readme="$(cd "$(dirname "$0")/.." && pwd)/README.md"
+for arg in "$@"; do
+    case $arg in
+    *.md) readme=$arg ;;
+    *) bins+=("$arg") ;;
+    esac
+done
+for bin in "${bins[@]}"; do
+    if [ ! -x "$bin" ] || [ -d "$bin" ]; then
+        echo "$0: $bin is not an executable worker binary" >&2
+        exit 1
+    fi
+done
 if [ ! -f "$readme" ]; then
     echo "$0: $readme not found" >&2
     exit 1
@@ -36,7 +45,12 @@ reference=$(mktemp)
 updated=$(mktemp)
 trap 'rm -f "$reference" "$updated"' EXIT
 
-"$bin" --help-markdown >"$reference"
+first=1
+for bin in "${bins[@]}"; do
+    [ $first = 1 ] || echo >>"$reference"
+    first=0
+    "$bin" --help-markdown >>"$reference"
+done
 
 # Copy everything outside the markers; between them, the fresh reference.
 awk -v begin="$begin" -v end="$end" -v ref="$reference" '
