@@ -236,6 +236,86 @@ static void test_build_conditional_headers(void **state)
     free(built);
 }
 
+static void test_build_if_match_etag(void **state)
+{
+    struct crm_op op = {.method = "PATCH",
+                        .path = "contacts(2)",
+                        .body = "{}",
+                        .flags = CRM_OP_UPDATE_ONLY,
+                        .if_match = "W/\"12\"\r\nX-Evil: 1"};
+    char *built = NULL;
+    size_t len = 0;
+
+    (void)state;
+    assert_int_equal(
+        crm_dataverse_batch_build(&op, 1, "/a/", "batch_x", &built, &len),
+        CS_ERR_OK);
+    /* the etag replaces "*"; a CR LF inside it cannot start a header */
+    assert_non_null(strstr(built, "If-Match: W/\"12\"X-Evil: 1\r\n\r\n"));
+    assert_null(strstr(built, "If-Match: *"));
+    assert_null(strstr(built, "\r\nX-Evil"));
+    free(built);
+}
+
+static const char GET_RESPONSE[] =
+    "--b\r\nContent-Type: application/http\r\n"
+    "Content-Transfer-Encoding: binary\r\n\r\n"
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json; "
+    "odata.metadata=minimal; odata.streaming=true\r\n"
+    "OData-Version: 4.0\r\n\r\n"
+    "{\"value\":[{\"@odata.etag\":\"W/\\\"7\\\"\",\"contactid\":\"c1\"}]}"
+    "\r\n--b\r\nContent-Type: application/http\r\n"
+    "Content-Transfer-Encoding: binary\r\n\r\n"
+    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\r\n"
+    "{\"error\":{\"code\":\"0x80040217\",\"message\":\"contact With Id = "
+    "x Does Not Exist\"}}\r\n--b\r\nContent-Type: application/http\r\n"
+    "Content-Transfer-Encoding: binary\r\n\r\n"
+    "HTTP/1.1 412 Precondition Failed\r\nContent-Type: "
+    "application/json\r\n\r\n{\"error\":{\"code\":\"0x80060882\","
+    "\"message\":\"The version of the existing record doesn't match\"}}"
+    "\r\n--b\r\nContent-Type: application/http\r\n"
+    "Content-Transfer-Encoding: binary\r\n\r\n"
+    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\r\n"
+    "{\"error\":{\"code\":\"0x80040217\",\"message\":\"gone\"}}\r\n"
+    "--b--\r\n";
+
+static void test_parse_get_and_if_match(void **state)
+{
+    struct crm_op ops[4];
+    char err[256];
+
+    (void)state;
+    memset(ops, 0, sizeof(ops));
+    ops[0] = (struct crm_op){.method = "GET", .path = "contacts?$select=x"};
+    ops[1] = (struct crm_op){.method = "GET", .path = "contacts(1)"};
+    ops[2] = (struct crm_op){.method = "PATCH",
+                             .path = "contacts(2)",
+                             .body = "{}",
+                             .if_match = "W/\"3\""};
+    ops[3] = (struct crm_op){.method = "PATCH",
+                             .path = "contacts(3)",
+                             .body = "{}",
+                             .if_match = "W/\"3\""};
+    assert_int_equal(crm_dataverse_batch_parse(
+                         "multipart/mixed;boundary=b", GET_RESPONSE,
+                         strlen(GET_RESPONSE), ops, 4, err, sizeof(err)),
+                     CS_ERR_OK);
+    assert_int_equal(ops[0].result, CRM_OP_OK);
+    assert_non_null(ops[0].response);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_array_get(json_object_get(ops[0].response, "value"), 0),
+            "@odata.etag")),
+        "W/\"7\"");
+    assert_int_equal(ops[1].result, CRM_OP_NOT_FOUND);
+    assert_null(ops[1].response);
+    /* changed or deleted since read: read again, never dead-letter */
+    assert_int_equal(ops[2].result, CRM_OP_RETRY);
+    assert_int_equal(ops[2].status, 412);
+    assert_int_equal(ops[3].result, CRM_OP_RETRY);
+    json_decref(ops[0].response);
+}
+
 static void test_build_two_changesets_content_ids(void **state)
 {
     struct crm_op ops[4];
@@ -1085,6 +1165,8 @@ int main(void)
         cmocka_unit_test(test_build_golden_01),
         cmocka_unit_test(test_build_golden_02_changeset),
         cmocka_unit_test(test_build_conditional_headers),
+        cmocka_unit_test(test_build_if_match_etag),
+        cmocka_unit_test(test_parse_get_and_if_match),
         cmocka_unit_test(test_build_two_changesets_content_ids),
         cmocka_unit_test(test_parse_golden_01),
         cmocka_unit_test(test_parse_golden_02_changeset),
