@@ -52,8 +52,10 @@ bool bounce_email_normalize(const char *in, char *out, size_t size)
         out[i] = (char)tolower(c);
     }
     out[len] = '\0';
-    /* local@domain.tld: something before '@', a dot inside the domain */
-    return at && at > in && dot && dot > at + 1 && dot < end - 1;
+    /* local@domain.tld: something before '@', a dot inside the domain, no
+       empty domain label */
+    return at && at > in && dot && dot > at + 1 && dot < end - 1 &&
+           at[1] != '.' && !strstr(at, "..");
 }
 
 bool bounce_classify(const char *smtp_status, const char *bounce_type,
@@ -124,7 +126,9 @@ int64_t bounce_parse_time(const char *s)
             scale /= 10;
         }
     }
-    if (*p != 'Z' && *p != '\0')
+    if (*p == 'Z')
+        p++;
+    if (*p != '\0')
         return -1; /* Dataverse writes UTC with 'Z' */
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;

@@ -6,6 +6,10 @@
  *   C: "C", counter key, t, threshold, eid, sup_key, member, status key,
  *      window_ms, thr_prefix
  * Reply: 2 integers per op (verdict, crossing time).
+ * Counters keep two windows behind their newest bounce: a bounce arriving
+ * up to one window after a newer one still completes its own window; one
+ * later than that only counts towards windows of newer bounces (memory per
+ * address stays bounded by the bounces of two windows).
  * Times travel as decimal strings and are stored as given, so no float
  * formatting ever touches them (Lua numbers are exact up to 2^53 ms).
  */
@@ -71,8 +75,8 @@ static const char SCRIPT[] =
     "  redis.call('ZADD', zkey, ts, e)\n"
     "  local top = redis.call('ZREVRANGE', zkey, 0, 0, 'WITHSCORES')\n"
     "  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', '(' .. (tonumber(top[2]) "
-    "- win))\n"
-    "  redis.call('PEXPIRE', zkey, win + 86400000)\n"
+    "- 2 * win))\n"
+    "  redis.call('PEXPIRE', zkey, 2 * win + 86400000)\n"
     "  local ends = redis.call('ZRANGEBYSCORE', zkey, ts, t + win, "
     "'WITHSCORES')\n"
     "  for j = 2, #ends, 2 do\n"
