@@ -702,8 +702,10 @@ static bool expand(struct bounce_handler *h, struct work *w, size_t n,
             e->value = 0;
             break;
         case BOUNCE_BOUNCE:
-            if (!effect_add(ev, nev, &cap, i, EF_COUNT))
+            e = effect_add(ev, nev, &cap, i, EF_COUNT);
+            if (!e)
                 return false;
+            e->value = 1; /* a crossing makes the address bounced */
             break;
         case BOUNCE_OUTBOUNCE:
         case BOUNCE_RESET:
