@@ -15,9 +15,10 @@ set -euo pipefail
 DEPLOY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$DEPLOY")"
 VALIDATE="${K8S_SCHEMAS_VALIDATE:-$REPO/../shared/k8s-schemas/validate}"
-# Partitions of crmsync.response.events; KEDA maxReplicaCount must not
-# exceed it (idle consumers).
+# Partitions of each worker's topic; KEDA maxReplicaCount must not exceed
+# them (idle consumers).
 RESPONSE_PARTITIONS="${CRMSYNC_RESPONSE_PARTITIONS:-12}"
+BOUNCE_PARTITIONS="${CRMSYNC_BOUNCE_PARTITIONS:-6}"
 
 command -v kubectl >/dev/null 2>&1 || { echo "validate.sh: kubectl not found" >&2; exit 2; }
 [ -x "$VALIDATE" ] || { echo "validate.sh: validator not found at $VALIDATE (set K8S_SCHEMAS_VALIDATE)" >&2; exit 2; }
@@ -44,9 +45,11 @@ for t in "${targets[@]}"; do
     echo "== schema-validate $name"
     "$VALIDATE" "$out" || fail=1
     echo "== project rules $name"
-    python3 - "$out" "$RESPONSE_PARTITIONS" <<'PY' || fail=1
+    python3 - "$out" "$RESPONSE_PARTITIONS" "$BOUNCE_PARTITIONS" <<'PY' || fail=1
 import sys, yaml
-path, partitions = sys.argv[1], int(sys.argv[2])
+path = sys.argv[1]
+partitions = {"crmsync.response.events": int(sys.argv[2]),
+              "crmsync.bounce.events": int(sys.argv[3])}
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
 by_kind = {}
 for d in docs:
@@ -98,10 +101,10 @@ for name, so in by_kind.get("ScaledObject", {}).items():
         for key in ("bootstrapServers", "consumerGroup", "topic", "lagThreshold"):
             if not md.get(key):
                 err(f"ScaledObject/{name}: kafka trigger lacks {key}")
-        if md.get("topic") == "crmsync.response.events" and \
-                spec.get("maxReplicaCount", 100) > partitions:
+        if md.get("topic") in partitions and \
+                spec.get("maxReplicaCount", 100) > partitions[md["topic"]]:
             err(f"ScaledObject/{name}: maxReplicaCount {spec.get('maxReplicaCount', 100)}"
-                f" exceeds the {partitions} partitions of {md['topic']}")
+                f" exceeds the {partitions[md['topic']]} partitions of {md['topic']}")
         ref = trig.get("authenticationRef", {}).get("name")
         if ref and ref not in by_kind.get("TriggerAuthentication", {}):
             err(f"ScaledObject/{name}: TriggerAuthentication {ref} not rendered")

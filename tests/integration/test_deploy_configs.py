@@ -44,15 +44,22 @@ def main():
         if not ok:
             print(r.stdout[-1500:], r.stderr[-1500:])
         passed, failed = passed + ok, failed + (not ok)
-    # The same check must fail, naming the key, on a typo.
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(open(configs[0]).read().replace("batch_size:",
-                                                "batch_sizee:", 1))
-    r = check("response", f.name)
-    os.unlink(f.name)
-    ok = r.returncode != 0 and "batch_sizee" in r.stderr
-    print("%s typo rejected naming the key" % ("PASS" if ok else "FAIL"))
-    passed, failed = passed + ok, failed + (not ok)
+    # The same check must fail, naming the key, on a typo: in each worker's
+    # base config, checked by that worker.
+    for path in configs:
+        name = os.path.basename(os.path.dirname(path))
+        if name not in os.listdir(os.path.join(SRC, "workers")):
+            continue
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml",
+                                         delete=False) as f:
+            f.write(open(path).read().replace("batch_size:",
+                                              "batch_sizee:", 1))
+        r = check(name, f.name)
+        os.unlink(f.name)
+        ok = r.returncode != 0 and "batch_sizee" in r.stderr
+        print("%s typo rejected naming the key (%s)"
+              % ("PASS" if ok else "FAIL", name))
+        passed, failed = passed + ok, failed + (not ok)
     if not configs:
         failed += 1
         print("FAIL no worker configs found under deploy/")

@@ -38,8 +38,12 @@ def main() -> int:
     assert proc.returncode == 0, f"deploy/validate.sh exited {proc.returncode}"
     # The script must really have validated documents of both targets.
     assert "validate: 0 ok" not in combined, "no document validated"
-    assert "Deployment/crmsync-response" in combined
-    assert "ScaledObject/crmsync-response" in combined
+    for worker in ("response", "bounce"):
+        for kind in ("Deployment", "ScaledObject", "PodDisruptionBudget",
+                     "Service"):
+            assert "%s/crmsync-%s" % (kind, worker) in combined, \
+                "%s/crmsync-%s not validated" % (kind, worker)
+    assert "TriggerAuthentication/crmsync-kafka" in combined
     assert "validate.sh: all checks passed" in combined
     print("PASS: deploy manifests valid")
     return 0
