@@ -3,25 +3,360 @@
 Starts the mock Kafka cluster, redis-server and the Dataverse emulator,
 every built worker, produces a sample stream of ESP events (duplicates and
 poison messages included), waits until every consumer group has lag 0 and
-prints what landed in the CRM and in the dead-letter topics. Then it keeps
-the stack up (metrics on the printed ports) until Ctrl-C, or exits at once
-with --exit.
+prints what landed in the CRM and in the dead-letter topics. The bounce
+worker gets a consent catalog, people in the CRM and a bounce / opt-out
+stream of its own (see BounceDemo). Every part checks its numbers against
+what the demo's own oracle expects from the stream it produced; the exit
+status is 1 on any mismatch. Then it keeps the stack up (metrics on the
+printed ports) until Ctrl-C, or exits at once with --exit.
 """
 import argparse
 import collections
 import os
 import sys
 import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
-from stack import (DEFAULT_TOPICS, Stack, poison_events,  # noqa: E402
-                   sample_response_events, seed_for_events)
+from stack import (DEFAULT_TOPICS, Stack, bounce_event,  # noqa: E402
+                   poison_events, sample_bounce_events,
+                   sample_response_events, seed_for_events, split_series)
 
 
 def hr(title):
     print("\n== %s %s" % (title, "=" * max(0, 70 - len(title))))
+
+
+# -- the bounce / opt-out part ---------------------------------------------
+# A small CI-J consent catalog, people with emailaddress1 in the CRM and a
+# bounce stream whose end state the demo computes itself (the oracle) and
+# then checks against the emulator, Redis, the DLQ and the worker's metrics.
+
+BOUNCE_TENANT = "tenant-demo"
+P_NEWS = "6a0e4c7e-0b1d-4c55-9f0a-00000000de01"     # Commercial
+P_OFFERS = "6a0e4c7e-0b1d-4c55-9f0a-00000000de02"   # Commercial
+P_INVOICES = "6a0e4c7e-0b1d-4c55-9f0a-00000000de03"  # Transactional
+COMMERCIAL, TRANSACTIONAL = 534120000, 534120001    # msdynmkt_type
+OPTED_IN, OPTED_OUT = 534120001, 534120002          # msdynmkt_value
+PURPOSE_NAMES = {P_NEWS: "Newsletter", P_OFFERS: "Offers",
+                 P_INVOICES: "Invoices"}
+DOMAIN = "bounce-demo.example"
+HOUR = 3600 * 1000
+DAY = 24 * HOUR
+PK = {"contacts": "contactid", "accounts": "accountid", "leads": "leadid"}
+
+
+def addr(local):
+    return "%s@%s" % (local, DOMAIN)
+
+
+def rid(set_name, address):
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-demo:%s:%s"
+                          % (set_name, address)))
+
+
+class BounceDemo:
+    """The bounce stream (phase 1: everything; phase 2, after lag 0:
+    redeliveries, a re-report, an older resubscribe and a bounce reset) and
+    the state it must leave behind."""
+
+    def __init__(self, now_ms, seed=7):
+        self.t0 = now_ms - 5 * DAY
+        self.sample_addrs = [addr("reader%02d" % i) for i in range(1, 9)]
+        # (set, address) of every seeded person; one address on two sets.
+        self.people = [("contacts", a) for a in self.sample_addrs]
+        self.people += [("contacts", addr(x)) for x in (
+            "unsub-mixed", "by-entity", "spam", "hard-2x", "soft-5x",
+            "soft-4x", "outbounce", "reset")]
+        self.people += [("accounts", addr("channel-unsub")),
+                        ("leads", addr("hard-3x")),
+                        ("leads", addr("outbounce"))]
+        sample, exp = sample_bounce_events(
+            self.sample_addrs, {BOUNCE_TENANT: [P_NEWS, P_OFFERS]},
+            per_key=4, seed=seed, start_ms=now_ms - 14 * DAY,
+            status_events=2)
+        self.n_sample = len(sample)
+        self.n = 0
+        # consent oracle: (address, purpose) -> opted out?
+        self.consent = {(a, c): out for (_, a, c), (_, out)
+                        in exp["consent"].items()}
+        self.bounced = {a for a, (_, b) in exp["bounce"].items() if b}
+        self.dead = []            # expected DLQ reason prefixes
+        self.kinds = collections.Counter()   # kind -> events produced
+        self.fixed = collections.Counter()   # (kind, outcome) -> expected
+        for e in sample:
+            self.kinds[e["kind"]] += 1
+        self.phase1 = list(sample)
+        self.phase2 = []
+        self._hand_made()
+        self.phase1 += poison_events("poison-bounce")
+
+    def ev(self, t, kind, email=None, phase=1, outcome=None, **kw):
+        self.n += 1
+        e = bounce_event("demo-b-%03d" % self.n, BOUNCE_TENANT, t, kind,
+                         email=email, **kw)
+        (self.phase1 if phase == 1 else self.phase2).append(e)
+        # An event rejected before its kind is read (no event time) is
+        # counted with kind="UNKNOWN".
+        self.kinds[kind if t > 0 else "UNKNOWN"] += 1
+        if outcome:
+            self.fixed[(kind, outcome)] += 1
+        return e
+
+    def again(self, e, outcome, new_id=False):
+        """A redelivery (same event id) or a re-report (new id, same
+        content) in phase 2."""
+        c = dict(e)
+        if new_id:
+            self.n += 1
+            c["event_id"] = "demo-b-%03d" % self.n
+        self.phase2.append(c)
+        self.kinds[c["kind"]] += 1
+        self.fixed[(c["kind"], outcome)] += 1
+        return c
+
+    def _hand_made(self):
+        t0 = self.t0
+        # Unsubscribe / resubscribe, arriving out of time order: the newest
+        # event per consent wins (Newsletter out, Offers in again).
+        a = addr("unsub-mixed")
+        self.ev(t0 + 2 * HOUR, "UNSUBSCRIBE", a, consent_id=P_NEWS,
+                source="LINK", reason="too many mails")
+        self.ev(t0 + 1 * HOUR, "UNSUBSCRIBE", a, consent_id=P_OFFERS,
+                source="LINK")
+        self.ev(t0 + 1 * HOUR, "RESUBSCRIBE", a, consent_id=P_NEWS,
+                source="PREFERENCE_PAGE")                       # older
+        self.ev(t0 + 3 * HOUR, "RESUBSCRIBE", a, consent_id=P_OFFERS,
+                source="PREFERENCE_PAGE")
+        self.consent[(a, P_NEWS)] = True
+        self.consent[(a, P_OFFERS)] = False
+        # The ESP names only the CRM contact: its emailaddress1 is read.
+        a = addr("by-entity")
+        self.ev(t0 + 4 * HOUR, "UNSUBSCRIBE", None, entity_type="contact",
+                entity_id=rid("contacts", a), consent_id=P_OFFERS,
+                source="LIST_UNSUBSCRIBE_HEADER", outcome="applied")
+        self.consent[(a, P_OFFERS)] = True
+        # Spam complaint: every commercial purpose out, Invoices untouched;
+        # redelivered later (duplicate), then an older resubscribe (stale).
+        a = addr("spam")
+        spam = self.ev(t0 + 5 * HOUR, "SPAM_COMPLAINT", a, scope="CHANNEL",
+                       source="FEEDBACK_LOOP", outcome="applied")
+        self.again(spam, "duplicate")
+        self.ev(t0 + 4 * HOUR, "RESUBSCRIBE", a, consent_id=P_NEWS,
+                source="PREFERENCE_PAGE", phase=2, outcome="stale")
+        self.consent[(a, P_NEWS)] = self.consent[(a, P_OFFERS)] = True
+        # Client-wide unsubscribe of an account (List-Unsubscribe header);
+        # re-reported later by the ESP with a new event id (duplicate).
+        a = addr("channel-unsub")
+        ch = self.ev(t0 + 6 * HOUR, "UNSUBSCRIBE", a, scope="CHANNEL",
+                     source="LIST_UNSUBSCRIBE_HEADER", outcome="applied")
+        self.again(ch, "duplicate", new_id=True)
+        self.consent[(a, P_NEWS)] = self.consent[(a, P_OFFERS)] = True
+        self.channel_out = {addr("spam"), addr("channel-unsub")}
+        # Bounces against the thresholds (3 hard / 5 soft in 30 days): the
+        # bounce that crosses is "applied" (an outbounce), the others
+        # "counted".
+        for local, n, hard in (("hard-3x", 3, True), ("hard-2x", 2, True),
+                               ("soft-5x", 5, False), ("soft-4x", 4, False)):
+            crosses = n == (3 if hard else 5)
+            for i in range(n):
+                last = i == n - 1
+                self.ev(t0 + i * (DAY if hard else 6 * HOUR), "BOUNCE",
+                        addr(local), scope="CHANNEL",
+                        bounce_type="HARD" if hard else "SOFT",
+                        smtp_status="5.1.1" if hard else "4.2.2",
+                        mailing_id="M-2026-11",
+                        outcome="applied" if crosses and last else "counted")
+            if crosses:
+                self.bounced.add(addr(local))
+        self.outbounce_causes = {"hard": 1, "soft": 1}
+        # An explicit outbounce (address on a contact and a lead: both are
+        # flagged), redelivered later (duplicate).
+        a = addr("outbounce")
+        ob = self.ev(t0 + 7 * HOUR, "OUTBOUNCE", a, scope="CHANNEL",
+                     outcome="applied")
+        self.again(ob, "duplicate")
+        self.bounced.add(a)
+        # Outbounced, then the address was fixed: bounce reset (phase 2).
+        a = addr("reset")
+        self.ev(t0 + 1 * HOUR, "OUTBOUNCE", a, scope="CHANNEL",
+                outcome="applied")
+        self.ev(t0 + 8 * HOUR, "BOUNCE_RESET", a, scope="CHANNEL",
+                reason="address corrected", phase=2, outcome="applied")
+        # Events the worker must dead-letter (reason prefix) while the rest
+        # proceeds.
+        known = addr("unsub-mixed")
+        for reason, kind, kw in (
+                ("invalid-email", "UNSUBSCRIBE",
+                 dict(email="not-an-address", consent_id=P_NEWS)),
+                ("unknown-consent", "UNSUBSCRIBE",
+                 dict(email=known,
+                      consent_id="00000000-0000-0000-0000-0000000000ff")),
+                ("recipient-not-found", "UNSUBSCRIBE",
+                 dict(email=addr("nobody"), consent_id=P_NEWS)),
+                ("missing-consent", "UNSUBSCRIBE", dict(email=known)),
+                ("invalid-bounce", "BOUNCE",
+                 dict(email=addr("hard-2x"), scope="CHANNEL",
+                      smtp_status="2.0.0")),
+                ("missing-timestamp", "UNSUBSCRIBE",
+                 dict(email=known, consent_id=P_NEWS, t=0))):
+            t = kw.pop("t", t0 + 9 * HOUR)
+            self.ev(t, kind, outcome="dead", **kw)
+            self.dead.append(reason)
+
+    def seed(self, base):
+        """base (the response demo's seed) plus the consent catalog and the
+        people of the bounce stream."""
+        seed = dict(base)
+        seed["msdynmkt_purposes"] = [
+            {"msdynmkt_purposeid": p, "msdynmkt_name": PURPOSE_NAMES[p],
+             "msdynmkt_type": COMMERCIAL if p != P_INVOICES
+             else TRANSACTIONAL} for p in (P_NEWS, P_OFFERS, P_INVOICES)]
+        for set_name, a in self.people:
+            rec = {PK[set_name]: rid(set_name, a), "emailaddress1": a}
+            if set_name == "accounts":
+                rec["name"] = "Account " + a.split("@")[0]
+            else:
+                rec["firstname"] = "Demo"
+                rec["lastname"] = a.split("@")[0]
+            seed[set_name] = list(seed.get(set_name, [])) + [rec]
+        return seed
+
+    def expected_sets(self):
+        sup = {"cs:sup:b": set(self.bounced),
+               "cs:sup:x:" + BOUNCE_TENANT: set(self.channel_out)}
+        for p in (P_NEWS, P_OFFERS, P_INVOICES):
+            sup["cs:sup:c:%s|%s" % (BOUNCE_TENANT, p)] = {
+                a for (a, c), out in self.consent.items() if c == p and out}
+        return sup
+
+
+def bounce_report(st, w, demo, dead):
+    """Prints the bounce summary; returns a list of mismatches."""
+    problems = []
+
+    def check(what, got, want):
+        ok = got == want
+        if not ok:
+            problems.append("%s: got %s, expected %s" % (what, got, want))
+        return "OK" if ok else "MISMATCH"
+
+    hr("bounce worker: consent rows (msdynmkt_contactpointconsent4s)")
+    rows = [r for r in st.dv_admin(
+        "GET", "/_admin/records/msdynmkt_contactpointconsent4s")
+        if (r.get("msdynmkt_contactpointvalue") or "").endswith("@" + DOMAIN)]
+    got = {}
+    for r in rows:
+        k = (r["msdynmkt_contactpointvalue"].lower(),
+             r.get("_msdynmkt_purposeid_value"))
+        if k in got:
+            problems.append("two consent rows for %s/%s" % k)
+        got[k] = r.get("msdynmkt_value") == OPTED_OUT
+    by = collections.Counter((PURPOSE_NAMES.get(p, p), out)
+                             for (_, p), out in got.items())
+    print("%-12s %10s %10s" % ("purpose", "opted out", "opted in"))
+    for p in (P_NEWS, P_OFFERS, P_INVOICES):
+        n = PURPOSE_NAMES[p]
+        print("%-12s %10d %10d" % (n, by[(n, True)], by[(n, False)]))
+    want_out = sum(demo.consent.values())
+    print("rows: %d opted out, %d opted in; expected %d / %d -> %s" % (
+        sum(got.values()), len(got) - sum(got.values()), want_out,
+        len(demo.consent) - want_out, check("consent rows", got,
+                                            demo.consent)))
+    for k in sorted(set(got) | set(demo.consent)):
+        if got.get(k) != demo.consent.get(k):
+            print("  %s / %s: CRM %s, expected %s" % (
+                k[0], PURPOSE_NAMES.get(k[1], k[1]), got.get(k),
+                demo.consent.get(k)))
+    if rows:
+        r = max(rows, key=lambda r: r.get("msdynmkt_reason") or "")
+        print("example: %s value=%s source=%s reason=%r" % (
+            r.get("msdynmkt_contactpointvalue"), r.get("msdynmkt_value"),
+            r.get("msdynmkt_source"), r.get("msdynmkt_reason")))
+
+    hr("bounce worker: bounce status (crmsync_emailbounced)")
+    flagged = set()
+    nrec = 0
+    status = {}
+    for s in ("contacts", "accounts", "leads"):
+        for r in st.dv_admin("GET", "/_admin/records/" + s):
+            a = (r.get("emailaddress1") or "").lower()
+            if not a.endswith("@" + DOMAIN):
+                continue
+            status.setdefault(a, []).append("%s %s on=%s" % (
+                s[:-1], r.get("crmsync_emailbounced"),
+                r.get("crmsync_emailbouncedon")))
+            if r.get("crmsync_emailbounced") is True:
+                flagged.add(a)
+                nrec += 1
+    print("%d addresses (%d records) bounced; expected %d -> %s" % (
+        len(flagged), nrec, len(demo.bounced),
+        check("bounced addresses", sorted(flagged), sorted(demo.bounced))))
+    print("  " + ", ".join(sorted(a.split("@")[0] for a in flagged)))
+    for a in sorted(flagged ^ demo.bounced):
+        print("  %s: expected bounced=%s, CRM: %s" % (
+            a, a in demo.bounced, "; ".join(status.get(a, ["no record"]))))
+
+    hr("bounce worker: suppression sets in Redis (list-sync reads these)")
+    for key, want in demo.expected_sets().items():
+        members = {m.decode() if isinstance(m, bytes) else m
+                   for m in st.redis("SMEMBERS", key) or []}
+        print("  %-62s %3d  %s" % (key, len(members), check(
+            key, sorted(members), sorted(want))))
+
+    hr("bounce worker: dead letters (crmsync.bounce.events.dlq)")
+    reasons = collections.Counter()
+    poison = 0
+    for d in dead:
+        h = d["headers"]
+        msg = h.get("crmsync.error.message") or ""
+        print("  %-14s %s" % (h.get("crmsync.error.class"), msg[:90]))
+        if h.get("crmsync.error.class") == "INVALID_EVENT":
+            reasons[msg.split(":")[0]] += 1
+        else:
+            poison += 1
+    print("%d dead letters: %d rejected events + %d poison messages; "
+          "expected %d + 3 -> %s" % (
+              len(dead), sum(reasons.values()), poison, len(demo.dead),
+              check("dead letters", (sorted(reasons.elements()), poison),
+                    (sorted(demo.dead), 3))))
+
+    hr("bounce worker: crmsync_bounce_events_total")
+    counts = collections.Counter()
+    for series, v in w.metrics().items():
+        fam, lab = split_series(series)
+        if fam == "crmsync_bounce_events_total":
+            counts[(lab.get("kind"), lab.get("outcome"))] += int(v)
+    outcomes = sorted({o for _, o in counts})
+    print("%-16s" % "kind" + "".join("%11s" % o for o in outcomes))
+    for kind in sorted({k for k, _ in counts}):
+        print("%-16s" % kind + "".join("%11d" % counts[(kind, o)]
+                                       for o in outcomes))
+    per_kind = collections.Counter()
+    for (k, _), v in counts.items():
+        per_kind[k] += v
+    print("events per kind = produced per kind -> %s" % check(
+        "events per kind", dict(per_kind), dict(demo.kinds)))
+    fixed_got = {k: counts[k] for k in demo.fixed
+                 if k[0] in ("BOUNCE", "SPAM_COMPLAINT")}
+    fixed_want = {k: v for k, v in demo.fixed.items()
+                  if k[0] in ("BOUNCE", "SPAM_COMPLAINT")}
+    print("bounce/spam outcomes as expected -> %s" % check(
+        "BOUNCE/SPAM_COMPLAINT outcomes", fixed_got, fixed_want))
+    print("dead = %d -> %s" % (
+        sum(v for (_, o), v in counts.items() if o == "dead"),
+        check("dead outcome", sum(v for (_, o), v in counts.items()
+                                  if o == "dead"), len(demo.dead))))
+    causes = {c: w.metric("crmsync_bounce_outbounces_total", cause=c)
+              for c in ("hard", "soft", "event")}
+    print("outbounces: hard %d, soft %d, event %d (hard/soft expected 1/1)"
+          " -> %s"
+          % (causes["hard"], causes["soft"], causes["event"],
+             check("threshold outbounces",
+                   (causes["hard"], causes["soft"]), (1, 1))))
+    return problems
 
 
 def main():
@@ -40,7 +375,12 @@ def main():
         st.start_kafka()
         st.start_redis(password="demo-redis-password")
         events, expected = sample_response_events(args.events, seed=42)
-        st.start_dataverse(seed=seed_for_events(events))
+        seed = seed_for_events(events)
+        bdemo = None
+        if "bounce" in workers:
+            bdemo = BounceDemo(int(time.time()) * 1000)
+            seed = bdemo.seed(seed)
+        st.start_dataverse(seed=seed)
         print("  kafka bootstrap: %s" % st.bootstrap)
         print("  redis:           127.0.0.1:%d (password protected)"
               % st.redis_port)
@@ -48,7 +388,10 @@ def main():
 
         procs = {}
         for w in workers:
-            procs[w] = st.start_worker(w, st.worker_config(w))
+            cfg = {}
+            if w == "bounce":  # retry fast after the catalog re-read
+                cfg = {"consumer.retry_backoff_max_ms": 2000}
+            procs[w] = st.start_worker(w, st.worker_config(w, cfg))
             procs[w].wait_ready(60)
             print("  worker %-9s pid %d, metrics http://127.0.0.1:%s/metrics"
                   % (w, procs[w].pid, procs[w].metrics_port))
@@ -63,8 +406,25 @@ def main():
         print("%d response events (%d unique, %d redelivered duplicates) "
               "+ 3 poison messages -> %s" % (len(events), uniq,
                                              len(events) - uniq, topic))
+        if bdemo:
+            btopic = DEFAULT_TOPICS["bounce"]
+            st.produce(btopic, bdemo.phase1, schema_id=3)
+            print("%d bounce events (%d sampled opt-outs/opt-ins/outbounces/"
+                  "resets with duplicates, %d hand-made, %d to be rejected) "
+                  "+ 3 poison messages -> %s" % (
+                      len(bdemo.phase1) - 3, bdemo.n_sample,
+                      len(bdemo.phase1) - 3 - bdemo.n_sample,
+                      len(bdemo.dead), btopic))
         for w in workers:
             st.wait_lag_zero("crmsync-" + w, DEFAULT_TOPICS[w], timeout=300)
+        if bdemo:
+            # After the first part is committed: redeliveries, a re-report,
+            # an older resubscribe and a bounce reset.
+            st.produce(btopic, bdemo.phase2, schema_id=3)
+            print("%d more bounce events later (redeliveries, a re-report, "
+                  "an older resubscribe, a bounce reset) -> %s"
+                  % (len(bdemo.phase2), btopic))
+            st.wait_lag_zero("crmsync-bounce", btopic, timeout=300)
         took = time.monotonic() - t0
         print("all consumer groups at lag 0 after %.1fs" % took)
 
@@ -78,6 +438,10 @@ def main():
         print("%-28s %-14s %6s" % ("campaign", "category", "count"))
         for (c, cat), n in sorted(by.items()):
             print("%-28s %-14s %6d" % (c[:28], cat, n))
+        problems = []
+        if len(recs) != len(expected):
+            problems.append("campaignresponses: got %d, expected %d"
+                            % (len(recs), len(expected)))
         print("total: %d records; expected exactly %d (one per unique event "
               "under a CRM campaign, not from a copied list) -> %s"
               % (len(recs), len(expected),
@@ -111,8 +475,15 @@ def main():
                         name + ("{%s}" % lab if lab else ""),
                         w.metric(name, **labels)))
 
+        if bdemo:
+            problems += bounce_report(
+                st, procs["bounce"], bdemo,
+                st.consume_all(DEFAULT_TOPICS["bounce"] + ".dlq"))
+
         hr("dead-letter topics")
         for w in workers:
+            if w == "bounce":
+                continue  # listed with its reasons above
             dead = st.consume_all(DEFAULT_TOPICS[w] + ".dlq")
             print("%s.dlq: %d message(s)" % (DEFAULT_TOPICS[w], len(dead)))
             for d in dead:
@@ -123,16 +494,22 @@ def main():
                     h.get("crmsync.error.class"),
                     h.get("crmsync.error.message")))
 
+        hr("result")
+        for p in problems:
+            print("MISMATCH " + p)
+        print("all numbers as expected" if not problems else
+              "%d mismatch(es)" % len(problems))
+        rc = 1 if problems else 0
         if args.exit or not sys.stdin.isatty():
             print("\nstopping the stack")
-            return 0
+            return rc
         print("\nstack is running; Ctrl-C stops everything")
         try:
             while True:
                 time.sleep(1)
         except KeyboardInterrupt:
             print("\nstopping the stack")
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

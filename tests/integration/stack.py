@@ -411,13 +411,43 @@ def _yaml_scalar(v):
     return json.dumps(str(v))  # a JSON string is a valid YAML scalar
 
 
+def _yaml_key(k):
+    """A mapping key: plain when it is safe (tenant-b, consent.model),
+    else a JSON (= YAML double-quoted) string."""
+    k = str(k)
+    if k and k[0] not in "-.?:" and all(c.isalnum() or c in "_.-"
+                                          for c in k):
+        return k
+    return json.dumps(k)
+
+
+def _yaml_nested(body, indent):
+    """Lines of a nested mapping (dict values inside a section, e.g. the
+    per-tenant overrides `tenants: {tenant-b: {consent.model: history}}`)."""
+    lines = []
+    pad = " " * indent
+    for k, v in body.items():
+        if isinstance(v, dict):
+            if not v:
+                lines.append("%s%s: {}" % (pad, _yaml_key(k)))
+                continue
+            lines.append("%s%s:" % (pad, _yaml_key(k)))
+            lines.extend(_yaml_nested(v, indent + 2))
+        else:
+            lines.append("%s%s: %s" % (pad, _yaml_key(k), _yaml_scalar(v)))
+    return lines
+
+
 def _yaml_dump(cfg):
     lines = ["# written by tests/integration/stack.py"]
     for section, body in cfg.items():
         if isinstance(body, dict):
             lines.append("%s:" % section)
             for k, v in body.items():
-                lines.append("  %s: %s" % (k, _yaml_scalar(v)))
+                if isinstance(v, dict):  # nested mapping (per-tenant keys)
+                    lines.extend(_yaml_nested({k: v}, 2))
+                else:
+                    lines.append("  %s: %s" % (k, _yaml_scalar(v)))
         else:
             lines.append("%s: %s" % (section, _yaml_scalar(body)))
     return "\n".join(lines) + "\n"
@@ -1143,3 +1173,117 @@ def poison_events(key="poison-1"):
         {"__key": key, "__raw_hex": "00000003e7" + "02" * 8},
         {"__key": key, "__raw_hex": "0000000001" + "10"},
     ]
+
+
+# -- bounce / opt-out events (crmsync.bounce.BounceEvent, schema id 3) ----
+
+def bounce_event(event_id, tenant, occurred_at, kind, email=None,
+                 entity_type=None, entity_id=None, scope="CONSENT",
+                 consent_id=None, topic_id=None, source=None, reason=None,
+                 bounce_type=None, smtp_status=None, mailing_id=None,
+                 key=None, source_system="optimizely-campaign"):
+    """One BounceEvent as crmsync-produce takes it (unions as bare values,
+    enums by symbol). "__key" follows the recipient rule of
+    schemas/README.md (entity_type:entity_id, else the lower-cased email,
+    else the event id) unless key is given."""
+    ev = {
+        "event_id": event_id,
+        "tenant": tenant,
+        "occurred_at": int(occurred_at),
+        "source_system": source_system,
+        "recipient": {"entity_type": entity_type, "entity_id": entity_id,
+                      "email": email},
+        "kind": kind,
+        "scope": scope,
+        "consent_id": consent_id,
+        "topic_id": topic_id,
+        "source": source,
+        "reason": reason,
+        "bounce_type": bounce_type,
+        "smtp_status": smtp_status,
+        "mailing_id": mailing_id,
+    }
+    if key is None:
+        if entity_type and entity_id:
+            key = "%s:%s" % (entity_type, entity_id)
+        elif email:
+            key = email.strip().lower()
+        else:
+            key = event_id
+    ev["__key"] = key
+    return ev
+
+
+def sample_bounce_events(addresses, tenant_consents, per_key=4, seed=1,
+                         start_ms=None, span_ms=10 * 86400000,
+                         dup_rate=0.15, tie_rate=0.1, status_events=3):
+    """A shuffled stream of opt-outs / opt-ins (and outbounces / resets)
+    with duplicates, re-reports and same-time ties, keyed by address.
+
+    addresses: email addresses (each must exist in the CRM);
+    tenant_consents: {tenant: [consent ids]}. For every (tenant, address,
+    consent) per_key UNSUBSCRIBE / RESUBSCRIBE events at random times
+    within span_ms of start_ms, and per address status_events OUTBOUNCE /
+    BOUNCE_RESET events. Events of one address stay on one partition but
+    arrive out of time order. Duplicates are copies (same event id) and
+    re-reports (new event id, same time and content) placed later.
+
+    Returns (events, expected): expected = {"consent": {(tenant, address,
+    consent): (t, opted_out)}, "bounce": {address: (t, bounced)}}, the
+    latest change per key (same time: opt-out / bounced wins)."""
+    rng = random.Random(seed)
+    if start_ms is None:
+        start_ms = (int(time.time()) - 14 * 86400) * 1000
+    events = []
+    n = 0
+    consent_exp = {}
+    bounce_exp = {}
+
+    def new_id():
+        nonlocal n
+        n += 1
+        return "bx-%d-%05d-%08x" % (seed, n, rng.getrandbits(32))
+
+    for addr in addresses:
+        for tenant, consents in tenant_consents.items():
+            for consent in consents:
+                times = []
+                for _ in range(per_key):
+                    if times and rng.random() < tie_rate:
+                        t = rng.choice(times)
+                    else:
+                        t = start_ms + rng.randrange(0, span_ms // 1000) * 1000
+                    times.append(t)
+                    kind = rng.choice(("UNSUBSCRIBE", "RESUBSCRIBE"))
+                    if len(times) > 1 and t == times[-2]:
+                        kind = "UNSUBSCRIBE"  # make the tie a real conflict
+                    events.append(bounce_event(
+                        new_id(), tenant, t, kind, email=addr,
+                        consent_id=consent,
+                        source=rng.choice(("LINK", "PREFERENCE_PAGE",
+                                           "LIST_UNSUBSCRIBE_HEADER")),
+                        reason="sample"))
+                    k = (tenant, addr, consent)
+                    cand = (t, kind == "UNSUBSCRIBE")
+                    if k not in consent_exp or cand > consent_exp[k]:
+                        consent_exp[k] = cand
+        tenants = sorted(tenant_consents)
+        for _ in range(status_events):
+            t = start_ms + rng.randrange(0, span_ms // 1000) * 1000
+            kind = rng.choice(("OUTBOUNCE", "OUTBOUNCE", "BOUNCE_RESET"))
+            events.append(bounce_event(new_id(), rng.choice(tenants), t, kind,
+                                       email=addr, scope="CHANNEL"))
+            cand = (t, kind == "OUTBOUNCE")
+            if addr not in bounce_exp or cand > bounce_exp[addr]:
+                bounce_exp[addr] = cand
+    rng.shuffle(events)
+    slots = [(float(i), e) for i, e in enumerate(events)]
+    for _ in range(int(round(len(events) * dup_rate))):
+        src = rng.randrange(len(events))
+        copy = dict(events[src])
+        if rng.random() < 0.5:
+            copy["event_id"] = new_id()  # re-reported with a new id
+        slots.append((rng.uniform(src + 0.1, len(events)), copy))
+    slots.sort(key=lambda s: s[0])
+    return [e for _, e in slots], {"consent": consent_exp,
+                                   "bounce": bounce_exp}
