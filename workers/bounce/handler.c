@@ -324,6 +324,18 @@ static void prepare(struct bounce_handler *h, struct work *w, size_t n)
     }
 }
 
+/* Does x name one consent (and topic) that model's catalog does not know
+ * for its tenant? Client-wide changes name none. */
+static bool consent_unknown(const struct bounce_handler *h,
+                            const struct work *x, bool model)
+{
+    return x->active && x->consent_kind && x->history == model &&
+           x->consent[0] && x->ev.kind != BOUNCE_SPAM &&
+           !(x->ev.kind == BOUNCE_UNSUBSCRIBE && x->ev.channel) &&
+           !bounce_catalog_has(h->catalog, model, x->ev.tenant, x->consent,
+                               x->topic[0] ? x->topic : NULL);
+}
+
 static bool check_consents(struct bounce_handler *h, struct work *w, size_t n)
 {
     char errstr[256];
@@ -345,25 +357,12 @@ static bool check_consents(struct bounce_handler *h, struct work *w, size_t n)
             }
             missing = false;
             for (size_t i = 0; i < n; i++)
-                if (w[i].active && w[i].consent_kind && w[i].history == model &&
-                    w[i].consent[0] &&
-                    !(w[i].ev.kind == BOUNCE_UNSUBSCRIBE && w[i].ev.channel) &&
-                    w[i].ev.kind != BOUNCE_SPAM &&
-                    !bounce_catalog_has(h->catalog, model, w[i].ev.tenant,
-                                        w[i].consent,
-                                        w[i].topic[0] ? w[i].topic : NULL))
-                    missing = true;
+                missing |= consent_unknown(h, &w[i], model);
             if (!missing)
                 break;
         }
         for (size_t i = 0; missing && i < n; i++)
-            if (w[i].active && w[i].consent_kind && w[i].history == model &&
-                w[i].consent[0] &&
-                !(w[i].ev.kind == BOUNCE_UNSUBSCRIBE && w[i].ev.channel) &&
-                w[i].ev.kind != BOUNCE_SPAM &&
-                !bounce_catalog_has(h->catalog, model, w[i].ev.tenant,
-                                    w[i].consent,
-                                    w[i].topic[0] ? w[i].topic : NULL))
+            if (consent_unknown(h, &w[i], model))
                 dead(&w[i], CS_ERR_INVALID_EVENT,
                      "unknown-consent: %s%s is not a consent of this tenant",
                      w[i].consent, w[i].topic[0] ? " (or its topic)" : "");
