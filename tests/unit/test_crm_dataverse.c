@@ -368,6 +368,9 @@ static void test_parse_golden_01(void **state)
         assert_int_equal(ops[i].result, CRM_OP_OK);
         assert_int_equal(ops[i].status, want[i]);
     }
+    /* the GET's answer is kept for the caller */
+    assert_non_null(json_object_get(ops[3].response, "value"));
+    json_decref(ops[3].response);
     /* Same with the boundary from the header. */
     golden_ops(ops, 0);
     assert_int_equal(
@@ -378,6 +381,7 @@ static void test_parse_golden_01(void **state)
         CS_ERR_OK);
     for (int i = 0; i < 4; i++)
         assert_int_equal(ops[i].status, want[i]);
+    json_decref(ops[3].response);
     free(golden);
 }
 
@@ -400,6 +404,7 @@ static void test_parse_golden_02_changeset(void **state)
         assert_int_equal(ops[i].result, CRM_OP_OK);
         assert_int_equal(ops[i].status, want[i]);
     }
+    json_decref(ops[3].response);
     free(golden);
 }
 
