@@ -92,6 +92,12 @@ struct crm_ops {
        (for small reads only). */
     enum cs_err (*get_json)(void *self, const char *path, bool all_pages,
                             json_t **out, char *errstr, size_t errstr_size);
+    /* One page: GET @p path (relative, or an absolute @odata.nextLink)
+       with an optional Prefer header value (e.g.
+       "odata.maxpagesize=5000,odata.include-annotations=\"*\""). The
+       caller follows "@odata.nextLink" itself (streaming reads). */
+    enum cs_err (*get_page)(void *self, const char *path, const char *prefer,
+                            json_t **out, char *errstr, size_t errstr_size);
     /* Cheap reachability check (token + GET "WhoAmI"); true when the CRM
        answers 2xx. */
     bool (*ping)(void *self);

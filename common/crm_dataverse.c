@@ -803,6 +803,41 @@ static enum cs_err dv_get_json(void *self, const char *path, bool all_pages,
     return CS_ERR_OK;
 }
 
+static enum cs_err dv_get_page(void *self, const char *path, const char *prefer,
+                               json_t **out, char *errstr, size_t errstr_size)
+{
+    struct dataverse *dv = self;
+    struct http_header extra = {"Prefer", prefer};
+    struct http_response resp;
+    char *url = resolve_url(dv, path);
+    enum cs_err rc;
+
+    *out = NULL;
+    if (!url) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return CS_ERR_NOMEM;
+    }
+    rc = dv_send(dv, "GET", url, &extra, prefer ? 1 : 0, NULL, 0, "get", &resp,
+                 errstr, errstr_size);
+    free(url);
+    if (rc == CS_ERR_OK && (resp.status < 200 || resp.status >= 300)) {
+        struct crm_op tmp = {0};
+        crm_batch_op_error(&tmp, (int)resp.status, resp.body ? resp.body : "",
+                           resp.body_len);
+        snprintf(errstr, errstr_size, "GET: %s", tmp.error);
+        rc = status_err(resp.status);
+    }
+    if (rc == CS_ERR_OK) {
+        *out = json_loadb(resp.body ? resp.body : "", resp.body_len, 0, NULL);
+        if (!*out) {
+            snprintf(errstr, errstr_size, "GET: invalid JSON");
+            rc = CS_ERR_CRM_PROTOCOL;
+        }
+    }
+    http_response_free(&resp);
+    return rc;
+}
+
 static bool dv_ping(void *self)
 {
     struct dataverse *dv = self;
@@ -829,6 +864,7 @@ static const struct crm_ops dataverse_ops = {
     .name = "dataverse",
     .execute = dv_execute,
     .get_json = dv_get_json,
+    .get_page = dv_get_page,
     .ping = dv_ping,
     .free = dv_free,
 };

@@ -80,10 +80,9 @@ static enum cs_err open_idem(struct runtime *rt, char *errstr,
     return rt->idem ? CS_ERR_OK : CS_ERR_CONFIG;
 }
 
-static enum cs_err open_crm(struct runtime *rt, char *errstr,
-                            size_t errstr_size)
+struct crm *runtime_crm_new(const struct config *cfg, struct metrics *m,
+                            char *errstr, size_t errstr_size)
 {
-    const struct config *cfg = rt->cfg;
     struct crm_options opts = {
         .kind = cfg->crm_kind,
         .base_url = cfg->crm_base_url,
@@ -107,7 +106,13 @@ static enum cs_err open_crm(struct runtime *rt, char *errstr,
                 .user_agent = "crmsync/0.1",
             },
     };
-    rt->crm = crm_new(&opts, rt->metrics, errstr, errstr_size);
+    return crm_new(&opts, m, errstr, errstr_size);
+}
+
+static enum cs_err open_crm(struct runtime *rt, char *errstr,
+                            size_t errstr_size)
+{
+    rt->crm = runtime_crm_new(rt->cfg, rt->metrics, errstr, errstr_size);
     return rt->crm ? CS_ERR_OK : CS_ERR_CONFIG;
 }
 

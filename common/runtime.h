@@ -21,6 +21,8 @@
 #include "common/err.h"
 
 struct config;
+struct crm;
+struct metrics;
 
 struct runtime {
     const struct config *cfg; /* borrowed */
@@ -39,6 +41,15 @@ struct runtime {
  */
 enum cs_err runtime_open(struct runtime *rt, const struct config *cfg,
                          char *errstr, size_t errstr_size);
+
+/**
+ * @brief A further CRM connection with the runtime's settings, for a
+ *        thread of its own (a struct crm is single-threaded).
+ * @param m borrowed metrics registry (thread-safe), may be NULL.
+ * @returns the connector (caller frees with crm_free) or NULL + errstr.
+ */
+struct crm *runtime_crm_new(const struct config *cfg, struct metrics *m,
+                            char *errstr, size_t errstr_size);
 
 /** @brief Closes every service in reverse order. Safe on a zeroed struct. */
 void runtime_close(struct runtime *rt);

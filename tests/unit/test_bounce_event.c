@@ -45,7 +45,7 @@ static int teardown(void **state)
     return 0;
 }
 
-/* ---- bounce_email_normalize ---- */
+/* ---- email_normalize ---- */
 
 static void test_email_normalize_accepts(void **state)
 {
@@ -53,12 +53,12 @@ static void test_email_normalize_accepts(void **state)
     (void)state;
 
     assert_true(
-        bounce_email_normalize("  Anna.Berg@Example.COM \t", out, sizeof(out)));
+        email_normalize("  Anna.Berg@Example.COM \t", out, sizeof(out)));
     assert_string_equal(out, "anna.berg@example.com");
-    assert_true(bounce_email_normalize("a@b.c", out, sizeof(out)));
+    assert_true(email_normalize("a@b.c", out, sizeof(out)));
     assert_string_equal(out, "a@b.c");
     assert_true(
-        bounce_email_normalize("x+tag@mail.example.co.uk", out, sizeof(out)));
+        email_normalize("x+tag@mail.example.co.uk", out, sizeof(out)));
     assert_string_equal(out, "x+tag@mail.example.co.uk");
 }
 
@@ -85,7 +85,7 @@ static void test_email_normalize_rejects(void **state)
     (void)state;
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        if (bounce_email_normalize(bad[i], out, sizeof(out)))
+        if (email_normalize(bad[i], out, sizeof(out)))
             fail_msg("accepted bad address #%zu '%s'", i, bad[i]);
     }
 }
@@ -97,7 +97,7 @@ static void test_email_normalize_rejects_leading_dot_domain(void **state)
     char out[BOUNCE_EMAIL_MAX];
     (void)state;
 
-    assert_false(bounce_email_normalize("anna@.example.com", out, sizeof(out)));
+    assert_false(email_normalize("anna@.example.com", out, sizeof(out)));
 }
 
 static void test_email_normalize_length(void **state)
@@ -111,21 +111,21 @@ static void test_email_normalize_length(void **state)
     memset(in, 'a', 242);
     memcpy(in + 242, domain, strlen(domain) + 1);
     assert_int_equal(strlen(in), 254);
-    assert_true(bounce_email_normalize(in, out, sizeof(out)));
+    assert_true(email_normalize(in, out, sizeof(out)));
     assert_int_equal(strlen(out), 254);
     /* 255 bytes: rejected */
     memset(in, 'a', 243);
     memcpy(in + 243, domain, strlen(domain) + 1);
     assert_int_equal(strlen(in), 255);
-    assert_false(bounce_email_normalize(in, out, sizeof(out)));
+    assert_false(email_normalize(in, out, sizeof(out)));
     /* surrounding blanks do not count against the limit */
     in[0] = ' ';
     memset(in + 1, 'a', 242);
     memcpy(in + 243, domain, strlen(domain) + 1);
-    assert_true(bounce_email_normalize(in, out, sizeof(out)));
+    assert_true(email_normalize(in, out, sizeof(out)));
     assert_int_equal(strlen(out), 254);
     /* an output buffer too small is a rejection, not an overflow */
-    assert_false(bounce_email_normalize("anna@example.com", out, 8));
+    assert_false(email_normalize("anna@example.com", out, 8));
 }
 
 /* ---- bounce_classify ---- */
@@ -188,13 +188,13 @@ static void test_iso_time_round_trip(void **state)
     char buf[64];
     (void)state;
 
-    bounce_iso_time(T0 + 123, buf, sizeof(buf));
+    isotime_format(T0 + 123, buf, sizeof(buf));
     assert_string_equal(buf, "2025-11-22T08:26:40.123Z");
-    bounce_iso_time(T0, buf, sizeof(buf));
+    isotime_format(T0, buf, sizeof(buf));
     assert_string_equal(buf, "2025-11-22T08:26:40.000Z");
     for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
-        bounce_iso_time(times[i], buf, sizeof(buf));
-        assert_int_equal(bounce_parse_time(buf), times[i]);
+        isotime_format(times[i], buf, sizeof(buf));
+        assert_int_equal(isotime_parse(buf), times[i]);
     }
 }
 
@@ -202,18 +202,18 @@ static void test_parse_time_forms(void **state)
 {
     (void)state;
     /* Dataverse: seconds, 'Z', no fraction */
-    assert_int_equal(bounce_parse_time("2026-11-22T10:00:00Z"),
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00Z"),
                      1795341600000LL);
-    assert_int_equal(bounce_parse_time("2026-11-22T10:00:00.000Z"),
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00.000Z"),
                      1795341600000LL);
-    assert_int_equal(bounce_parse_time("2026-11-22T10:00:00.5Z"),
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00.5Z"),
                      1795341600500LL);
-    assert_int_equal(bounce_parse_time("2026-11-22T10:00:00.042Z"),
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00.042Z"),
                      1795341600042LL);
     /* more than millisecond precision is truncated */
-    assert_int_equal(bounce_parse_time("2026-11-22T10:00:00.1239999Z"),
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00.1239999Z"),
                      1795341600123LL);
-    assert_int_equal(bounce_parse_time("1970-01-01T00:00:00.001Z"), 1);
+    assert_int_equal(isotime_parse("1970-01-01T00:00:00.001Z"), 1);
 }
 
 static void test_parse_time_invalid(void **state)
@@ -230,20 +230,20 @@ static void test_parse_time_invalid(void **state)
     };
     (void)state;
 
-    assert_int_equal(bounce_parse_time(NULL), -1);
+    assert_int_equal(isotime_parse(NULL), -1);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        int64_t t = bounce_parse_time(bad[i]);
+        int64_t t = isotime_parse(bad[i]);
         if (t != -1)
             fail_msg("parsed '%s' as %lld", bad[i], (long long)t);
     }
 }
 
-/* Text after the 'Z' is not a time Dataverse or bounce_iso_time writes. */
+/* Text after the 'Z' is not a time Dataverse or isotime_format writes. */
 static void test_parse_time_trailing_garbage(void **state)
 {
     (void)state;
-    assert_int_equal(bounce_parse_time("2026-11-22T10:00:00Zjunk"), -1);
-    assert_int_equal(bounce_parse_time("2026-11-22T10:00:00.000ZZ"), -1);
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00Zjunk"), -1);
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00.000ZZ"), -1);
 }
 
 /* ---- bounce_list_has ---- */

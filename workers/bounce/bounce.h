@@ -25,6 +25,8 @@
 #include <avro.h>
 
 #include "common/config.h"
+#include "common/email.h"
+#include "common/isotime.h"
 #include "common/err.h"
 
 #define BOUNCE_TOPIC_DEFAULT      "crmsync.bounce.events"
@@ -136,23 +138,11 @@ enum cs_err bounce_event_read(avro_value_t *rec, struct bounce_event *ev,
                               char *errstr, size_t errstr_size);
 
 /**
- * @brief Normalises an address (trim, lower-case) into @p out and checks
- *        its shape (one '@', dotted domain, no blanks/controls, <= 254).
- * @returns false when the address is not acceptable.
- */
-bool bounce_email_normalize(const char *in, char *out, size_t size);
-
-/**
  * @brief Classifies a bounce: RFC 3463 status first ("5.x.x" hard,
  *        "4.x.x" soft), else bounce_type ("HARD"/"SOFT").
  * @returns false (with errstr) when neither gives a class.
  */
 bool bounce_classify(const char *smtp_status, const char *bounce_type,
                      bool *hard, char *errstr, size_t errstr_size);
-
-/** @brief ISO 8601 UTC with milliseconds ("2026-11-22T10:00:00.000Z"). */
-void bounce_iso_time(int64_t ms, char *buf, size_t size);
-/** @brief Parses what bounce_iso_time and Dataverse write; -1 when not. */
-int64_t bounce_parse_time(const char *s);
 
 #endif

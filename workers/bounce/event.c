@@ -4,7 +4,6 @@
  * Every rejection names its reason label first (docs/bounce.md), so the
  * dead-letter header tells an operator what to fix without reading code.
  */
-#define _DEFAULT_SOURCE /* timegm */
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,41 +21,6 @@ static const struct {
     {"BOUNCE", BOUNCE_BOUNCE},           {"OUTBOUNCE", BOUNCE_OUTBOUNCE},
     {"BOUNCE_RESET", BOUNCE_RESET},      {"SPAM_COMPLAINT", BOUNCE_SPAM},
 };
-
-bool bounce_email_normalize(const char *in, char *out, size_t size)
-{
-    const char *end;
-    size_t len;
-    const char *at = NULL;
-    const char *dot = NULL;
-
-    while (*in == ' ' || *in == '\t')
-        in++;
-    end = in + strlen(in);
-    while (end > in && (end[-1] == ' ' || end[-1] == '\t'))
-        end--;
-    len = (size_t)(end - in);
-    if (len == 0 || len > 254 || len + 1 > size)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)in[i];
-        if (c <= 0x20 || c == 0x7f)
-            return false;
-        if (c == '@') {
-            if (at)
-                return false;
-            at = in + i;
-        } else if (c == '.' && at) {
-            dot = in + i;
-        }
-        out[i] = (char)tolower(c);
-    }
-    out[len] = '\0';
-    /* local@domain.tld: something before '@', a dot inside the domain, no
-       empty domain label */
-    return at && at > in && dot && dot > at + 1 && dot < end - 1 &&
-           at[1] != '.' && !strstr(at, "..");
-}
 
 bool bounce_classify(const char *smtp_status, const char *bounce_type,
                      bool *hard, char *errstr, size_t errstr_size)
@@ -95,44 +59,6 @@ bool bounce_classify(const char *smtp_status, const char *bounce_type,
     snprintf(errstr, errstr_size,
              "invalid-bounce: neither smtp_status nor bounce_type given");
     return false;
-}
-
-void bounce_iso_time(int64_t ms, char *buf, size_t size)
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    char day[32];
-
-    gmtime_r(&s, &tm);
-    strftime(day, sizeof(day), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, size, "%s.%03dZ", day, (int)(ms % 1000));
-}
-
-int64_t bounce_parse_time(const char *s)
-{
-    struct tm tm = {0};
-    int ms = 0;
-    int n = 0;
-    const char *p;
-
-    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon,
-                     &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) != 6)
-        return -1;
-    p = s + n;
-    if (*p == '.') {
-        int scale = 100;
-        for (p++; isdigit((unsigned char)*p); p++) {
-            ms += (*p - '0') * scale;
-            scale /= 10;
-        }
-    }
-    if (*p == 'Z')
-        p++;
-    if (*p != '\0')
-        return -1; /* Dataverse writes UTC with 'Z' */
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    return (int64_t)timegm(&tm) * 1000 + ms;
 }
 
 static enum cs_err fail(char *errstr, size_t errstr_size, const char *msg,
@@ -191,7 +117,7 @@ enum cs_err bounce_event_read(avro_value_t *rec, struct bounce_event *ev,
                     "missing-recipient: entity_id is not a GUID or has no "
                     "entity_type: ",
                     ev->entity_id);
-    if (email && !bounce_email_normalize(email, ev->email, sizeof(ev->email)))
+    if (email && !email_normalize(email, ev->email, sizeof(ev->email)))
         return fail(errstr, errstr_size, "invalid-email: ", email);
     if (!ev->entity_id && !ev->email[0])
         return fail(errstr, errstr_size,

@@ -424,8 +424,7 @@ static bool read_entity_emails(struct bounce_handler *h, struct work *w,
             dead(x, CS_ERR_INVALID_EVENT,
                  "recipient-without-email: %s(%s) has no emailaddress1",
                  bounce_sets[x->rset], x->rid);
-        else if (!bounce_email_normalize(email, x->ev.email,
-                                         sizeof(x->ev.email)))
+        else if (!email_normalize(email, x->ev.email, sizeof(x->ev.email)))
             dead(x, CS_ERR_INVALID_EVENT, "invalid-email: %s(%s)",
                  bounce_sets[x->rset], x->rid);
     }

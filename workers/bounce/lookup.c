@@ -112,12 +112,11 @@ static int64_t cpc_time(json_t *row)
         if (n < sizeof(iso)) {
             memcpy(iso, reason + strlen(STAMP), n);
             iso[n] = '\0';
-            if (bounce_parse_time(iso) > 0)
-                return bounce_parse_time(iso);
+            if (isotime_parse(iso) > 0)
+                return isotime_parse(iso);
         }
     }
-    return bounce_parse_time(
-        json_string_value(json_object_get(row, "modifiedon")));
+    return isotime_parse(json_string_value(json_object_get(row, "modifiedon")));
 }
 
 bool bounce_lookup_parse(const struct bounce_config *bc, struct bounce_addr *a,
@@ -146,11 +145,10 @@ bool bounce_lookup_parse(const struct bounce_config *bc, struct bounce_addr *a,
                      json_object_get(row, bounce_set_keys[s]));
             copy_str(r->etag, sizeof(r->etag),
                      json_object_get(row, "@odata.etag"));
-            r->status_t =
-                status_set(bc, s)
-                    ? bounce_parse_time(json_string_value(
-                          json_object_get(row, bc->status_time_field)))
-                    : -1;
+            r->status_t = status_set(bc, s)
+                              ? isotime_parse(json_string_value(json_object_get(
+                                    row, bc->status_time_field)))
+                              : -1;
             if (odata_is_guid(r->id))
                 a->nrecs++;
         }

@@ -57,7 +57,7 @@ static int cpc_source(const char *source)
 static void stamp(char *buf, size_t size, const struct bounce_change *c)
 {
     char iso[40];
-    bounce_iso_time(c->t, iso, sizeof(iso));
+    isotime_format(c->t, iso, sizeof(iso));
     snprintf(buf, size, "crmsync:t=%s;k=%s;s=%s;%s%.400s", iso,
              c->ev->kind_name, c->ev->source ? c->ev->source : "-",
              c->ev->reason ? " " : "", c->ev->reason ? c->ev->reason : "");
@@ -123,7 +123,7 @@ bool bounce_op_history(struct crm_op *op, const struct bounce_config *bc,
     char bind[300];
     char nav[300];
 
-    bounce_iso_time(c->t, iso, sizeof(iso));
+    isotime_format(c->t, iso, sizeof(iso));
     /* One entry per change, whatever event id reported it. */
     snprintf(name, sizeof(name), "h|%s|%s|%s|%s|%s|%d|%lld", c->ev->tenant,
              bounce_sets[set], id, c->consent, c->topic ? c->topic : "",
@@ -157,7 +157,7 @@ bool bounce_op_status(struct crm_op *op, const struct bounce_config *bc,
     char iso[40];
     char path[128];
 
-    bounce_iso_time(c->t, iso, sizeof(iso));
+    isotime_format(c->t, iso, sizeof(iso));
     json_object_set_new(b, bc->status_field, json_boolean(c->value));
     json_object_set_new(b, bc->status_time_field, json_string(iso));
     snprintf(path, sizeof(path), "%s(%s)", bounce_sets[r->set], r->id);
