@@ -40,9 +40,14 @@
     XX(AUTH, true, "authentication with the peer failed")                      \
     XX(CRM_REJECTED, false, "CRM rejected the operation")                      \
     XX(CRM_PROTOCOL, true, "unparseable CRM response")                         \
+    XX(ESP_UNAVAILABLE, true, "ESP unavailable (network, timeout, 5xx)")       \
+    XX(ESP_FAULT, false, "ESP answered a SOAP fault")                          \
+    XX(ESP_BATCH_TOO_LARGE, false, "ESP batch too large: split and resend")    \
     XX(KAFKA, true, "kafka error")                                             \
     XX(KAFKA_FATAL, false, "fatal kafka error")                                \
     XX(DLQ_PRODUCE, true, "could not produce to the dead-letter topic")        \
+    XX(BARRIER_TIMEOUT, false, "consumer group barrier not reached in time")   \
+    XX(JOB_FAILED, false, "job failed (see its status)")                       \
     XX(SHUTDOWN, true, "shutting down")
 
 enum cs_err {

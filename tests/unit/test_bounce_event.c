@@ -57,8 +57,7 @@ static void test_email_normalize_accepts(void **state)
     assert_string_equal(out, "anna.berg@example.com");
     assert_true(email_normalize("a@b.c", out, sizeof(out)));
     assert_string_equal(out, "a@b.c");
-    assert_true(
-        email_normalize("x+tag@mail.example.co.uk", out, sizeof(out)));
+    assert_true(email_normalize("x+tag@mail.example.co.uk", out, sizeof(out)));
     assert_string_equal(out, "x+tag@mail.example.co.uk");
 }
 
@@ -202,12 +201,10 @@ static void test_parse_time_forms(void **state)
 {
     (void)state;
     /* Dataverse: seconds, 'Z', no fraction */
-    assert_int_equal(isotime_parse("2026-11-22T10:00:00Z"),
-                     1795341600000LL);
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00Z"), 1795341600000LL);
     assert_int_equal(isotime_parse("2026-11-22T10:00:00.000Z"),
                      1795341600000LL);
-    assert_int_equal(isotime_parse("2026-11-22T10:00:00.5Z"),
-                     1795341600500LL);
+    assert_int_equal(isotime_parse("2026-11-22T10:00:00.5Z"), 1795341600500LL);
     assert_int_equal(isotime_parse("2026-11-22T10:00:00.042Z"),
                      1795341600042LL);
     /* more than millisecond precision is truncated */
