@@ -20,6 +20,7 @@ See tests/emulators/README.md for the API and fidelity notes.
 """
 
 import argparse
+import bisect
 import base64
 import collections
 import datetime
@@ -37,6 +38,7 @@ import sys
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -111,9 +113,12 @@ VALIDATION = {
     "phonecalls": {"max_len": {"subject": 200}},
     "lists": {
         "required": ("listname", "createdfromcode"),
-        "max_len": {"listname": 128},
+        "max_len": {"listname": 128, "crmsync_syncstatus": 4000},
         "options": {"createdfromcode": (1, 2, 4), "statecode": (0, 1)},
         "fixed": ("createdfromcode", "type"),
+        # job status the list-sync worker writes back (docs/listsync.md)
+        "types": {"crmsync_syncstatus": "string",
+                  "crmsync_lastsyncon": "datetime", "listname": "string"},
     },
     "contacts": {"options": {"statecode": (0, 1), "statuscode": (1, 2)},
                  "max_len": {"emailaddress1": 100},
@@ -125,8 +130,10 @@ VALIDATION = {
                           "statuscode": tuple(_rng(1, 8))},
               "max_len": {"emailaddress1": 100},
               "types": dict(_PERSON_TYPES)},
-    "msdynmkt_purposes": {"options": {"msdynmkt_type": (534120000, 534120001,
-                                                        534120002)}},
+    "msdynmkt_purposes": {"options": {
+        "msdynmkt_type": (534120000, 534120001, 534120002),
+        # 534120000 Restrictive, 534120001 Non-Restrictive, 534120002 Disabled
+        "msdynmkt_enforcementmodel": (534120000, 534120001, 534120002)}},
     "crmsync_optinhistories": {
         "max_len": {"crmsync_name": 200, "crmsync_reason": 500,
                     "crmsync_source": 100},
@@ -245,6 +252,78 @@ VERSION_RE = re.compile(r"v\d+\.\d+")
 
 JSON_CT = "application/json; odata.metadata=minimal"
 ANNOT_LOOKUP = "@Microsoft.Dynamics.CRM.lookuplogicalname"
+ANNOT_FMT = "@OData.Community.Display.V1.FormattedValue"
+
+# FormattedValue labels.  Built in: the option sets of dataverse.md.  More
+# (or other labels) per set and column: seed key "_optionsets" or
+# POST /_admin/optionsets/<set>; these win over the built-in ones.
+# Labels are keyed by the option value as a string.
+_ACTIVE = {"0": "Active", "1": "Inactive"}
+_ACTIVE_STATUS = {"1": "Active", "2": "Inactive"}
+BUILTIN_OPTIONSETS = {
+    "contacts": {"statecode": _ACTIVE, "statuscode": _ACTIVE_STATUS},
+    "accounts": {"statecode": _ACTIVE, "statuscode": _ACTIVE_STATUS},
+    "leads": {"statecode": {"0": "Open", "1": "Qualified", "2": "Disqualified"},
+              "statuscode": {"1": "New", "2": "Contacted", "3": "Qualified",
+                             "4": "Lost", "5": "Cannot Contact",
+                             "6": "No Longer Interested", "7": "Canceled"}},
+    "lists": {"createdfromcode": {"1": "Account", "2": "Contact", "4": "Lead"},
+              "statecode": _ACTIVE, "statuscode": _ACTIVE_STATUS},
+    "msdynmkt_purposes": {
+        "msdynmkt_enforcementmodel": {"534120000": "Restrictive",
+                                      "534120001": "Non-Restrictive",
+                                      "534120002": "Disabled"},
+        "msdynmkt_type": {"534120000": "Commercial",
+                          "534120001": "Transactional",
+                          "534120002": "Tracking"}},
+    "msdynmkt_contactpointconsent4s": {
+        "msdynmkt_value": {"534120000": "Not Set", "534120001": "Opted In",
+                           "534120002": "Opted Out"},
+        "msdynmkt_contactpointtype": {"534120000": "Email",
+                                      "534120001": "Text Message",
+                                      "534120002": "Custom",
+                                      "534120003": "Voice"},
+        "msdynmkt_contactpointconsenttype": {"534120000": "Purpose",
+                                             "534120001": "Topic"}},
+}
+OPTIONSETS = {}  # set -> column -> {"<value>": "<label>"} (configured)
+# Yes/No labels: (set, column) or column -> (label of false, label of true)
+BOOL_LABELS = {"donotbulkemail": ("Allow", "Do Not Allow"),
+               "donotemail": ("Allow", "Do Not Allow"),
+               ("lists", "type"): ("Static", "Dynamic")}
+# Primary name column per logical name (FormattedValue of a lookup).
+PRIMARY_NAME = {"account": "name", "campaign": "name", "list": "listname",
+                "msdynmkt_purpose": "msdynmkt_name",
+                "msdynmkt_topic": "msdynmkt_name",
+                "msdynmkt_contactpointconsent4": "msdynmkt_contactpointvalue",
+                "crmsync_optinhistory": "crmsync_name",
+                "crmsync_advertisingconsent": "crmsync_name",
+                "campaignactivity": "subject", "campaignresponse": "subject",
+                "task": "subject", "phonecall": "subject"}
+
+
+def primary_name(logical, rec):
+    if logical in ("contact", "lead"):
+        if rec.get("fullname"):
+            return rec["fullname"]
+        parts = [rec.get("firstname"), rec.get("lastname")]
+        return " ".join(p for p in parts if p) or None
+    col = PRIMARY_NAME.get(logical)
+    return rec.get(col) if col else None
+
+
+def add_optionsets(es, cfg):
+    """Configure FormattedValue labels: {"<column>": {"<value>": "<label>"}}."""
+    if es not in ENTITY_SETS:
+        raise not_found_segment(es)
+    if not isinstance(cfg, dict) or not all(
+            isinstance(m, dict) and all(isinstance(x, str) for x in m.values())
+            for m in cfg.values()):
+        raise bad_request('Expected {"<column>": {"<value>": "<label>"}}.')
+    cur = OPTIONSETS.setdefault(es, {})
+    for col, m in cfg.items():
+        cur[col] = {str(k): v for k, v in m.items()}
+    return {c: dict(m) for c, m in cur.items()}
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -511,9 +590,13 @@ class FilterParser:
                     attr = getattr(right, "attr", None)
                     lit = getattr(left, "lit", None)
                 if attr is not None and lit is not None:
-                    fn.hints = ((attr, lit.lower()),)
+                    fn.hints = ((attr, (lit.lower(),)),)
             return fn
-        return lambda r: bool(left(r))
+        fn = lambda r: bool(left(r))  # noqa: E731
+        hints = getattr(left, "hints", None)
+        if hints:  # In(...) or a parenthesised "and" chain
+            fn.hints = hints
+        return fn
 
     def p_operand(self):
         kind, val, _ = self.take()
@@ -587,7 +670,11 @@ class FilterParser:
             prop = args.get("PropertyName")
             vals = args.get("PropertyValues", set())
             neg = lname.endswith("notin")
-            return lambda r: (_norm(r.get(prop)) in vals) != neg
+            fn = lambda r: (_norm(r.get(prop)) in vals) != neg  # noqa: E731
+            if not neg and isinstance(prop, str) and \
+                    all(isinstance(v, str) for v in vals):
+                fn.hints = ((prop, tuple(vals)),)  # index candidates
+            return fn
         raise bad_request("Unknown function '%s' in '%s'." % (name, self.text))
 
 
@@ -600,14 +687,25 @@ def compile_filter(text):
         f = _filter_cache.get(text)
     if f is None:
         f = FilterParser(text).parse()
-        # Top-level "and" conjuncts "<column> eq '<string>'", as
-        # ((column, lower-cased literal), ...): query() uses an index.
+        # Top-level "and" conjuncts "<column> eq '<string>'" or In(...) on
+        # strings, as ((column, (lower-cased literals...)), ...): query()
+        # uses an index.
         f.eq_hints = getattr(f, "hints", ())
         with _filter_cache_lock:
             if len(_filter_cache) > 512:
                 _filter_cache.clear()
             _filter_cache[text] = f
     return f
+
+
+def _member_of(m):
+    """(list id, member id) of a listmember record (or None)."""
+    if m is None:
+        return None, None
+    lid = m.get("_listid_value", m.get("listid"))
+    eid = m.get("_entityid_value", m.get("entityid"))
+    return (lid.lower() if isinstance(lid, str) else None,
+            eid.lower() if isinstance(eid, str) else None)
 
 
 def _sort_key(v):
@@ -737,16 +835,54 @@ def _parse_op(mime, content):
 # --------------------------------------------------------------------------
 # Service state
 
+_ANNOT_RE = re.compile(r'odata\.include-annotations\s*=\s*"?([^";]*)"?')
+
+
+def _annot_match(patterns, name):
+    """OData annotation filter: '*', 'Ns.*', exact names, '-' excludes."""
+    hit = False
+    for p in patterns:
+        neg = p.startswith("-")
+        q = p[1:] if neg else p
+        if q == "*" or q == name or (q.endswith(".*") and
+                                     name.startswith(q[:-1])):
+            if neg:
+                return False
+            hit = True
+    return hit
+
+
 class Ctx:
-    """Per-operation context."""
-    __slots__ = ("client", "base", "annotations", "undo", "in_batch")
+    """Per-operation context.  annotations: any include-annotations sent
+    (disables 304, echoed in Preference-Applied); lk / fmt / fx: the
+    lookuplogicalname, FormattedValue and FetchXML paging annotations."""
+    __slots__ = ("client", "base", "annotations", "undo", "in_batch", "lk",
+                 "fmt", "fx", "annot_text")
 
     def __init__(self, client, base, annotations, in_batch):
         self.client = client
         self.base = base
-        self.annotations = annotations
         self.undo = None
         self.in_batch = in_batch
+        self.set_prefer(annotations)
+
+    def set_prefer(self, prefer):
+        """prefer: the Prefer header (str), or a bool (old callers)."""
+        if prefer is True:
+            prefer = 'odata.include-annotations="*"'
+        m = _ANNOT_RE.search(prefer) if isinstance(prefer, str) else None
+        if m is None:
+            self.annotations = self.lk = self.fmt = self.fx = False
+            self.annot_text = None
+            return
+        pats = [x.strip() for x in m.group(1).split(",") if x.strip()]
+        self.annotations = True
+        self.annot_text = ",".join(pats)
+        self.lk = _annot_match(pats, "Microsoft.Dynamics.CRM.lookuplogicalname")
+        self.fmt = _annot_match(pats, "OData.Community.Display.V1.FormattedValue")
+        self.fx = _annot_match(
+            pats, "Microsoft.Dynamics.CRM.fetchxmlpagingcookie") or \
+            _annot_match(pats, "Microsoft.Dynamics.CRM.morerecords")
 
 
 class ClientState:
@@ -798,6 +934,12 @@ class Emulator:
             # equality indexes: set -> column -> lower-cased value -> {keys}
             self.index = {es: {a: {} for a in cols}
                           for es, cols in INDEXED.items()}
+            # list membership: list id -> {member id: listmember id}, in
+            # insertion order; msorted: list id -> member ids sorted (the
+            # paging order), rebuilt lazily; skeys: set -> sorted keys.
+            self.members = {}
+            self.msorted = {}
+            self.skeys = {}
             self.version = 1000
             self.actions = []
             self.faults = {}
@@ -843,11 +985,77 @@ class Emulator:
                     ks = m[nv.lower()] = set()
                 ks.add(key)
 
+    def track(self, es, key, old, new):
+        """Keep every derived structure in step when the record stored
+        under key changes from old to new (either may be None): equality
+        indexes, sorted-key caches, list membership and membercount.
+        Caller holds self.lock."""
+        if es in self.index:
+            self.index_update(es, key, old, new)
+        if (old is None) != (new is None):
+            self.skeys.pop(es, None)
+        if es == "listmembers":
+            self._member_track(key, old, new)
+        elif es == "lists" and new is not None:
+            new["membercount"] = len(self.members.get(key, ()))
+
+    def _member_track(self, mk, old, new):
+        ol, oe = _member_of(old)
+        nl, ne = _member_of(new)
+        if (ol, oe) == (nl, ne):
+            return
+        if ol and oe:
+            d = self.members.get(ol)
+            if d is not None and d.get(oe) == mk:
+                del d[oe]
+                srt = self.msorted.get(ol)
+                if srt is not None:
+                    i = bisect.bisect_left(srt, oe)
+                    if i < len(srt) and srt[i] == oe:
+                        del srt[i]
+                self._sync_count(ol)
+        if nl and ne:
+            d = self.members.get(nl)
+            if d is None:
+                d = self.members[nl] = {}
+            if ne not in d:
+                srt = self.msorted.get(nl)
+                if srt is not None:
+                    bisect.insort(srt, ne)
+            d[ne] = mk
+            self._sync_count(nl)
+
+    def _sync_count(self, lid):
+        lrec = self.store["lists"].get(lid)
+        if lrec is not None:
+            lrec["membercount"] = len(self.members.get(lid, ()))
+
+    def sorted_members(self, lid):
+        """Member ids of a list in paging order (cached)."""
+        srt = self.msorted.get(lid)
+        if srt is None:
+            srt = self.msorted[lid] = sorted(self.members.get(lid, ()))
+        return srt
+
+    def sorted_keys(self, es):
+        """Primary keys of a set in paging order (cached until a record
+        is added or removed)."""
+        srt = self.skeys.get(es)
+        if srt is None:
+            srt = self.skeys[es] = sorted(self.store[es])
+        return srt
+
     def clear_set(self, es):
         """Delete every record of one set (admin).  Returns the count."""
         with self.lock:
             n = len(self.store[es])
             self.store[es].clear()
+            self.skeys.pop(es, None)
+            if es == "listmembers":
+                self.members.clear()
+                self.msorted.clear()
+                for lrec in self.store["lists"].values():
+                    lrec["membercount"] = 0
             if es in self.index:
                 self.index[es] = {a: {} for a in INDEXED[es]}
             return n
@@ -1078,13 +1286,109 @@ class Emulator:
                                            ENTITY_SETS[tset][0])
                         rec["_%s_value" % attr] = tkey
                         rec["_%s_value%s" % (attr, ANNOT_LOOKUP)] = ENTITY_SETS[tset][0]
-                self.index_update(set_name, key, table.get(key), rec)
+                self.track(set_name, key, table.get(key), rec)
                 table[key] = rec
                 n += 1
         return n
 
     def parse_entity_ref(self, ref):
         return parse_entity_ref(ref)
+
+    def bulk_list(self, cfg):
+        """POST /_admin/bulk-list: create count records of one kind and make
+        them members of a list (created if missing), in one pass without
+        validation.  cfg: {list_id, entity: contact|account|lead (or the set
+        name), count, email_pattern ("user{n}@bench.example"), start (first
+        n, default 0), fields {col: value, "{n}" in strings replaced},
+        every [{"n": k, "offset": o, "fields": {...}}] (records with
+        n % k == o get these fields too), listname, type}."""
+        if not isinstance(cfg, dict):
+            raise bad_request("expected an object")
+        ent = str(cfg.get("entity", "contact"))
+        es = LOGICAL_TO_SET.get(ent, ent)
+        if es not in ("contacts", "accounts", "leads"):
+            raise bad_request("entity must be contact, account or lead")
+        logical, pkname = ENTITY_SETS[es]
+        try:
+            count = int(cfg.get("count", 0))
+            start = int(cfg.get("start", 0))
+        except (TypeError, ValueError):
+            raise bad_request("count and start must be integers")
+        lid = str(cfg.get("list_id") or uuid.uuid4()).strip("{}").lower()
+        if not GUID_RE.fullmatch(lid):
+            raise bad_request("list_id must be a GUID")
+        pattern = cfg.get("email_pattern", "user{n}@bench.example")
+        fields = dict(cfg.get("fields") or {})
+        every = [(int(e["n"]), int(e.get("offset", 0)), dict(e["fields"]))
+                 for e in (cfg.get("every") or [])]
+        intern = sys.intern
+        const = {intern(k): v for k, v in fields.items()
+                 if not (isinstance(v, str) and "{n}" in v)}
+        const.setdefault("statecode", 0)
+        const.setdefault("statuscode", 1)
+        templ = [(intern(k), v) for k, v in fields.items()
+                 if isinstance(v, str) and "{n}" in v]
+        t0 = time.perf_counter()
+        with self.lock:
+            ts = now_iso()
+            lists = self.store["lists"]
+            if lid not in lists:
+                code = {"accounts": 1, "contacts": 2, "leads": 4}[es]
+                lrec = {"listid": lid,
+                        "listname": cfg.get("listname", "bulk list"),
+                        "createdfromcode": code,
+                        "type": bool(cfg.get("type", False)),
+                        "statecode": 0, "statuscode": 1,
+                        "createdon": ts, "modifiedon": ts,
+                        "versionnumber": self.next_version()}
+                self.track("lists", lid, None, lrec)
+                lists[lid] = lrec
+            table = self.store[es]
+            lm = self.store["listmembers"]
+            eidx = self.index[es]["emailaddress1"]
+            mem = self.members.setdefault(lid, {})
+            self.msorted.pop(lid, None)
+            self.skeys.pop(es, None)
+            self.skeys.pop("listmembers", None)
+            lmann = "_entityid_value" + ANNOT_LOOKUP
+            first = None
+            for n in range(start, start + count):
+                key = new_guid()
+                rec = dict(const)
+                sn = str(n)
+                for k, v in templ:
+                    rec[k] = v.replace("{n}", sn)
+                for k_, o_, fl in every:
+                    if n % k_ == o_:
+                        rec.update(fl)
+                if pattern:
+                    email = pattern.replace("{n}", sn)
+                    rec["emailaddress1"] = email
+                    lk = email.lower()
+                    ks = eidx.get(lk)
+                    if ks is None:
+                        ks = eidx[lk] = set()
+                    ks.add(key)
+                rec[pkname] = key
+                rec["createdon"] = ts
+                rec["modifiedon"] = ts
+                self.version += 1
+                rec["versionnumber"] = self.version
+                table[key] = rec
+                mk = new_guid()
+                lm[mk] = {"listmemberid": mk, "_listid_value": lid,
+                          "_listid_value" + ANNOT_LOOKUP: "list",
+                          "_entityid_value": key, lmann: logical,
+                          "createdon": ts, "modifiedon": ts,
+                          "versionnumber": self.version}
+                mem[key] = mk
+                if first is None:
+                    first = key
+            self._sync_count(lid)
+            total = len(mem)
+        return {"list_id": lid, "entity": logical, "created": count,
+                "membercount": total, "first_id": first,
+                "seconds": round(time.perf_counter() - t0, 3)}
 
     # -- Web API operation dispatch -----------------------------------------
     def execute(self, method, url, headers, body, ctx):
@@ -1137,6 +1441,8 @@ class Emulator:
             if len(segs) != 1:
                 raise not_found_segment(segs[1])
             if method == "GET":
+                if "fetchXml" in params:
+                    return self.fetchxml(es, params["fetchXml"], ctx, version)
                 return self.query(es, None, params, headers, ctx, version, es)
             if method == "POST":
                 return self.create(es, body, params, headers, ctx, version)
@@ -1180,8 +1486,7 @@ class Emulator:
         table = self.store[es]
         if ctx.undo is not None:
             ctx.undo.append((es, key, old))
-        if es in self.index:
-            self.index_update(es, key, table.get(key), new)
+        self.track(es, key, table.get(key), new)
         table[key] = new
 
     def rollback(self, undo):
@@ -1193,8 +1498,7 @@ class Emulator:
                     pass
                 continue
             es, key, old = item
-            if es in self.index:
-                self.index_update(es, key, self.store[es].get(key), old)
+            self.track(es, key, self.store[es].get(key), old)
             if old is None:
                 self.store[es].pop(key, None)
             else:
@@ -1428,16 +1732,16 @@ class Emulator:
         if ctx.undo is not None:
             ctx.undo.append((es, key, old))
         del self.store[es][key]
-        self.index_update(es, key, old, None)
+        self.track(es, key, old, None)
         if es in ("contacts", "accounts", "leads", "lists"):
             # cascade: drop list memberships of a deleted member or list
-            lm = self.store["listmembers"]
-            for mk in [k for k, m in lm.items()
-                       if key in (m.get("_entityid_value"), m.get("entityid"),
-                                  m.get("_listid_value"), m.get("listid"))]:
-                if ctx.undo is not None:
-                    ctx.undo.append(("listmembers", mk, lm[mk]))
-                del lm[mk]
+            # (through the membership index: O(lists), not O(memberships))
+            if es == "lists":
+                mks = list(self.members.get(key, {}).values())
+            else:
+                mks = [d[key] for d in self.members.values() if key in d]
+            for mk in mks:
+                self.remove_member_row(mk, ctx)
         return 204, [], b"", None
 
     def sub_resource(self, es, key, rest, method, body, params, headers, ctx,
@@ -1445,20 +1749,24 @@ class Emulator:
         logical, pkname = ENTITY_SETS[es]
         rec = self.store[es].get(key)
         nav = rest[0]
+        p = nav.find("(")
+        if p > 0 and (es, nav[:p]) in NAV_COLLECTIONS and rest[-1] == "$ref":
+            # lists(<id>)/listcontact_association(<member id>)/$ref
+            nav = nav[:p]
         if (es, nav) in NAV_COLLECTIONS:
             if rec is None:
                 raise does_not_exist(logical, key)
             tset, kind, attr = NAV_COLLECTIONS[(es, nav)]
             if len(rest) == 1 and method == "GET":
+                path = "%s(%s)/%s" % (es, key, nav)
                 if kind == "lookup":
                     cands = [r for r in self.store[tset].values()
                              if r.get(attr) == key]
-                else:
-                    ids = self.member_ids(key)
-                    tab = self.store[tset]
-                    cands = [tab[i] for i in ids if i in tab]
-                return self.query(tset, cands, params, headers, ctx, version,
-                                  "%s(%s)/%s" % (es, key, nav))
+                    return self.query(tset, cands, params, headers, ctx,
+                                      version, path)
+                # members: paged straight from the sorted membership
+                return self.query(tset, None, params, headers, ctx, version,
+                                  path, keyseq=self.sorted_members(key))
             if kind == "member" and rest[-1] == "$ref":
                 return self.member_ref(es, key, tset, rest, method, body, ctx)
             raise ApiError(405, "0x80060888", "Method %s is not supported on "
@@ -1522,13 +1830,17 @@ class Emulator:
         raise not_found_segment(rest[-1])
 
     def member_ids(self, list_id):
-        out = []
-        for m in self.store["listmembers"].values():
-            if m.get("_listid_value", m.get("listid")) == list_id:
-                eid = m.get("_entityid_value", m.get("entityid"))
-                if eid:
-                    out.append(eid)
-        return out
+        return self.members.get(list_id, {})
+
+    def remove_member_row(self, mk, ctx):
+        lm = self.store["listmembers"]
+        m = lm.get(mk)
+        if m is None:
+            return
+        if ctx.undo is not None:
+            ctx.undo.append(("listmembers", mk, m))
+        del lm[mk]
+        self.track("listmembers", mk, m, None)
 
     def member_ref(self, es, key, tset, rest, method, body, ctx):
         lm = self.store["listmembers"]
@@ -1559,24 +1871,33 @@ class Emulator:
                 target = seg[p + 1:-1].lower()
             if target is None:
                 raise bad_request("Missing member key.")
-            for mk, m in list(lm.items()):
-                if m.get("_listid_value", m.get("listid")) == key and \
-                        m.get("_entityid_value", m.get("entityid")) == target:
-                    if ctx.undo is not None:
-                        ctx.undo.append(("listmembers", mk, m))
-                    del lm[mk]
-                    return 204, [], b"", None
+            mk = self.members.get(key, {}).get(target)
+            if mk is not None and mk in lm:
+                self.remove_member_row(mk, ctx)
+                return 204, [], b"", None
             raise does_not_exist("listmember", target)
         raise ApiError(405, "0x80060888", "Method not supported.")
 
     # -- reads ---------------------------------------------------------------
-    def render(self, es, rec, select, expand, ctx):
+    def render(self, es, rec, select, expand, ctx, omit_null=False):
         out = {"@odata.etag": 'W/"%d"' % rec["versionnumber"]}
-        annotations = ctx.annotations
+        annotations = ctx.lk
+        fmt = ctx.fmt
         if select:
             pk = ENTITY_SETS[es][1]
             for f in select:
-                out[f] = rec.get(f)
+                if f not in rec:
+                    lv = "_%s_value" % f  # $select=parentcustomerid
+                    if lv in rec:
+                        f = lv
+                v = rec.get(f)
+                if v is None and omit_null:
+                    continue
+                if fmt and v is not None:
+                    fv = self.formatted(es, f, v, rec)
+                    if fv is not None:
+                        out[f + ANNOT_FMT] = fv
+                out[f] = v
                 if annotations and (f + ANNOT_LOOKUP) in rec:
                     out[f + ANNOT_LOOKUP] = rec[f + ANNOT_LOOKUP]
             out[pk] = rec[pk]
@@ -1588,6 +1909,12 @@ class Emulator:
                     continue
                 if k.endswith("_activity_parties"):
                     continue
+                if v is None and omit_null:
+                    continue
+                if fmt and v is not None:
+                    fv = self.formatted(es, k, v, rec)
+                    if fv is not None:
+                        out[k + ANNOT_FMT] = fv
                 out[k] = v
         for nav in expand:
             v = rec.get(nav)
@@ -1595,6 +1922,32 @@ class Emulator:
                 out[nav] = [{k: x for k, x in p.items()
                              if annotations or "@" not in k} for p in (v or [])]
         return out
+
+    def formatted(self, es, col, v, rec):
+        """The FormattedValue label of one column value, or None: option
+        sets (int, or a "1,3" multi-select string -> "A; C"), Yes/No
+        columns, and lookups (the target's primary name)."""
+        if col.endswith("_value") and col.startswith("_"):
+            logical = rec.get(col + ANNOT_LOOKUP)
+            tset = LOGICAL_TO_SET.get(logical)
+            if tset is None or not isinstance(v, str):
+                return None
+            target = self.store[tset].get(v)
+            return primary_name(logical, target) if target is not None else None
+        if v.__class__ is bool:
+            labels = BOOL_LABELS.get((es, col)) or BOOL_LABELS.get(col)
+            return (labels or ("No", "Yes"))[int(v)]
+        labels = OPTIONSETS.get(es, {}).get(col)
+        if labels is None:
+            labels = BUILTIN_OPTIONSETS.get(es, {}).get(col)
+        if labels is None:
+            return None
+        if isinstance(v, int):
+            return labels.get(str(v))
+        if isinstance(v, str):  # multi-select: "1,3" -> "A; C"
+            parts = [p.strip() for p in v.split(",") if p.strip()]
+            return "; ".join(labels.get(p, p) for p in parts)
+        return None
 
     def retrieve(self, es, key, params, headers, ctx, version):
         logical = ENTITY_SETS[es][0]
@@ -1610,36 +1963,40 @@ class Emulator:
         ctxurl = "%s/api/data/%s/$metadata#%s%s/$entity" % (
             ctx.base, version, es, "(%s)" % ",".join(sel) if sel else "")
         out = dict([("@odata.context", ctxurl)] + list(out.items()))
-        return 200, [("Content-Type", JSON_CT), ("ETag", etag)], \
-            _json_bytes(out), None
+        hdrs = [("Content-Type", JSON_CT), ("ETag", etag)]
+        if ctx.annotations:
+            hdrs.append(("Preference-Applied",
+                         'odata.include-annotations="%s"' % ctx.annot_text))
+        return 200, hdrs, _json_bytes(out), None
 
-    def query(self, es, candidates, params, headers, ctx, version, path):
+    def query(self, es, candidates, params, headers, ctx, version, path,
+              keyseq=None):
+        """candidates: records to consider (None: the whole set, or the
+        records of keyseq, a sorted key list such as a list's members)."""
         pkname = ENTITY_SETS[es][1]
         ftext = params.get("$filter")
         f = compile_filter(ftext) if ftext else None
-        if candidates is None:
-            candidates = self.store[es].values()
+        if candidates is None and keyseq is None:
             idx = self.index.get(es)
             if idx is not None and f is not None:
-                # "<indexed col> eq '<literal>'" as a top-level conjunct:
-                # only the records with that value can match.
-                for attr, val in f.eq_hints:
+                # "<indexed col> eq '<literal>'" or In(PropertyName=<indexed
+                # col>, ...) as a top-level conjunct: only the records with
+                # those values can match.
+                for attr, vals in f.eq_hints:
                     m = idx.get(attr)
                     if m is not None:
                         table = self.store[es]
-                        candidates = [table[k] for k in m.get(val, ())]
+                        keys = set()
+                        for val in vals:
+                            keys.update(m.get(val, ()))
+                        candidates = [table[k] for k in keys]
                         break
-        if f is not None:
-            rows = [r for r in candidates if f(r)]
-        else:
-            rows = list(candidates)
         prefer = headers.get("prefer", "")
         maxpage = None
         if "odata.maxpagesize" in prefer:
             m = re.search(r"odata\.maxpagesize\s*=\s*(\d+)", prefer)
             if m:
                 maxpage = max(1, min(MAX_PAGE, int(m.group(1))))
-        total = len(rows)
         orderby = params.get("$orderby")
         token = params.get("$skiptoken")
         last = None
@@ -1647,6 +2004,23 @@ class Emulator:
         pageno = 1
         if token:
             last, offset, pageno = parse_skiptoken(token)
+        counting = params.get("$count", "").lower() == "true"
+        if candidates is None and not orderby and not counting:
+            # Fast path, O(page): walk the sorted keys from the paging
+            # cookie's last key and stop one row after the page is full.
+            return self._query_sorted(es, keyseq, f, params, ctx, version,
+                                      path, maxpage, last, offset, pageno)
+        if candidates is None:
+            table = self.store[es]
+            if keyseq is not None:
+                candidates = [table[k] for k in keyseq if k in table]
+            else:
+                candidates = table.values()
+        if f is not None:
+            rows = [r for r in candidates if f(r)]
+        else:
+            rows = list(candidates)
+        total = len(rows)
         if orderby:
             parts = orderby.strip().split()
             field = parts[0]
@@ -1695,15 +2069,152 @@ class Emulator:
             raw.append("$skiptoken=" + quote(cookie, safe=""))
             out["@odata.nextLink"] = "%s/api/data/%s/%s?%s" % (
                 ctx.base, version, path, "&".join(raw))
+        return 200, self._query_headers(maxpage, ctx), _json_bytes(out), None
+
+    def fetchxml(self, es, text, ctx, version):
+        """GET <set>?fetchXml=...: a subset of FetchXML (one entity, its
+        attributes, nested and/or filters of conditions on its own columns,
+        count/page/paging-cookie/top), paged in primary-key order."""
+        logical, pkname = ENTITY_SETS[es]
+        try:
+            root = ET.fromstring(text)
+        except ET.ParseError as e:
+            raise bad_request("The FetchXML is not well formed: %s" % e,
+                              "0x80041103")
+        ent = root.find("entity") if root.tag == "fetch" else None
+        if ent is None:
+            raise bad_request("The FetchXML must be <fetch><entity .../>"
+                              "</fetch>.", "0x80041103")
+        if ent.get("name") != logical:
+            raise bad_request("The entity '%s' of the FetchXML does not match "
+                              "the entity set '%s'." % (ent.get("name"), es),
+                              "0x80041103")
+        if (root.get("aggregate") or "").lower() == "true":
+            raise bad_request("Aggregate FetchXML is not supported by the "
+                              "emulator.", "0x80041103")
+        attrs = []
+        every = False
+        f = None
+        for c in ent:
+            if c.tag == "attribute":
+                attrs.append(c.get("name"))
+            elif c.tag == "all-attributes":
+                every = True
+            elif c.tag == "filter":
+                g = _fetch_filter(c)
+                f = g if f is None else (lambda a, b: lambda r: a(r) and b(r))(
+                    f, g)
+            elif c.tag == "order":
+                continue  # ignored: results are in primary-key order
+            else:
+                raise bad_request("<%s> is not supported by the emulator's "
+                                  "FetchXML." % c.tag, "0x80041103")
+        try:
+            top = int(root.get("top")) if root.get("top") else None
+            count = int(root.get("count") or MAX_PAGE)
+            page = int(root.get("page") or 1)
+        except ValueError:
+            raise bad_request("Invalid top, count or page in the FetchXML.",
+                              "0x80041103")
+        if top is not None and root.get("count") is not None:
+            raise bad_request("The top attribute can't be specified with "
+                              "paging attribute page or count.", "0x80041103")
+        if not 1 <= count <= MAX_PAGE or page < 1:
+            raise bad_request("The count must be between 1 and 5000 and the "
+                              "page at least 1.", "0x80041103")
+        last = None
+        cookie = root.get("paging-cookie")
+        if top is not None:
+            rows = self._page_sorted(es, None, f, None, top)[:top]
+            more = False
+        else:
+            if cookie and page > 1:
+                last = parse_fetch_cookie(cookie, pkname)
+                rows = self._page_sorted(es, None, f, last, count)
+            else:  # no cookie: skip (page - 1) * count rows (slower)
+                skip = (page - 1) * count
+                rows = self._page_sorted(es, None, f, None, skip + count)[skip:]
+            more = len(rows) > count
+            rows = rows[:count]
+        sel = None if every or not attrs else attrs
+        out = collections.OrderedDict()
+        out["@odata.context"] = "%s/api/data/%s/$metadata#%s%s" % (
+            ctx.base, version, es, "(%s)" % ",".join(sel) if sel else "")
+        if ctx.fx:
+            if rows:
+                out["@Microsoft.Dynamics.CRM.fetchxmlpagingcookie"] = \
+                    make_fetch_cookie(pkname, page, rows[0][pkname],
+                                      rows[-1][pkname])
+            out["@Microsoft.Dynamics.CRM.morerecords"] = more
+        out["value"] = [self.render(es, r, sel, (), ctx, omit_null=True)
+                        for r in rows]
+        return 200, self._query_headers(None, ctx), _json_bytes(out), None
+
+    def _query_headers(self, maxpage, ctx):
         hdrs = [("Content-Type", JSON_CT)]
         applied = []
         if maxpage is not None:
             applied.append("odata.maxpagesize=%d" % maxpage)
         if ctx.annotations:
-            applied.append('odata.include-annotations="*"')
+            applied.append('odata.include-annotations="%s"' % ctx.annot_text)
         if applied:
             hdrs.append(("Preference-Applied", ",".join(applied)))
-        return 200, hdrs, _json_bytes(out), None
+        return hdrs
+
+    def _page_sorted(self, es, keyseq, f, last, limit):
+        """Up to limit + 1 records after key last (None: from the start),
+        in key order, that pass filter f."""
+        table = self.store[es]
+        if keyseq is None:
+            keyseq = self.sorted_keys(es)
+        i = bisect.bisect_right(keyseq, last) if last is not None else 0
+        n = len(keyseq)
+        want = limit + 1
+        rows = []
+        get = table.get
+        while i < n and len(rows) < want:
+            chunk = keyseq[i:i + want]
+            i += len(chunk)
+            for k in chunk:
+                r = get(k)
+                if r is not None and (f is None or f(r)):
+                    rows.append(r)
+                    if len(rows) == want:
+                        break
+        return rows
+
+    def _query_sorted(self, es, keyseq, f, params, ctx, version, path,
+                      maxpage, last, offset, pageno):
+        pkname = ENTITY_SETS[es][1]
+        limit = maxpage or MAX_PAGE
+        capped_by_top = False
+        top = params.get("$top")
+        if top is not None and maxpage is None:
+            try:
+                t = int(top)
+            except ValueError:
+                raise bad_request("Invalid $top value '%s'." % top)
+            if t <= MAX_PAGE:
+                limit = t
+                capped_by_top = True
+        rows = self._page_sorted(es, keyseq, f, last, limit)
+        page = rows[:limit]
+        more = len(rows) > limit and not capped_by_top
+        sel = parse_select(params)
+        exp = parse_expand(params)
+        render = self.render
+        out = collections.OrderedDict()
+        out["@odata.context"] = "%s/api/data/%s/$metadata#%s%s" % (
+            ctx.base, version, es, "(%s)" % ",".join(sel) if sel else "")
+        out["value"] = [render(es, r, sel, exp, ctx) for r in page]
+        if more:
+            cookie = make_skiptoken(page[-1][pkname], offset + len(page),
+                                    pageno + 1, pkname)
+            raw = [p for p in params.raw if not p.startswith("$skiptoken=")]
+            raw.append("$skiptoken=" + quote(cookie, safe=""))
+            out["@odata.nextLink"] = "%s/api/data/%s/%s?%s" % (
+                ctx.base, version, path, "&".join(raw))
+        return 200, self._query_headers(maxpage, ctx), _json_bytes(out), None
 
     # -- $batch --------------------------------------------------------------
     def batch(self, content_type, body, prefer, ctx):
@@ -1836,7 +2347,7 @@ class Emulator:
                     body = _subst_refs(body, cmap)
             if not url.startswith("/") and "://" not in url:
                 url = "/api/data/v9.2/" + url
-            ctx.annotations = 'include-annotations' in op.headers.get("prefer", "")
+            ctx.set_prefer(op.headers.get("prefer", ""))
             st, hdrs, rbody, ent = self.execute(op.method, url, op.headers,
                                                 body, ctx)
         except ApiError as e:
@@ -2030,6 +2541,128 @@ def make_skiptoken(last_key, offset, pageno, pkname):
                            last_key.upper())
     return '<cookie pagenumber="%d" pagingcookie="%s" istracking="False" />' % (
         pageno, quote(quote(inner, safe=""), safe=""))
+
+
+def _lower_hex(s):
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), s)
+
+
+def make_fetch_cookie(pkname, page, first, last):
+    """The fetchxmlpagingcookie annotation: the inner cookie URL-encoded
+    twice (lower-case hex, as Dataverse sends it)."""
+    inner = '<cookie page="%d"><%s last="{%s}" first="{%s}" /></cookie>' % (
+        page, pkname, last.upper(), first.upper())
+    return '<cookie pagenumber="%d" pagingcookie="%s" istracking="False" />' % (
+        page + 1, _lower_hex(quote(_lower_hex(quote(inner, safe="")), safe="")))
+
+
+def parse_fetch_cookie(cookie, pkname):
+    """Last primary key of a FetchXML paging-cookie attribute (the inner
+    cookie, decoded; still-encoded forms are tolerated)."""
+    c = cookie
+    for _ in range(2):
+        if "%" in c and "<" not in c:
+            c = unquote(c)
+    m = re.search(r'<%s\s+last="\{?([0-9A-Fa-f-]{36})\}?"' % re.escape(pkname), c)
+    if not m:
+        raise bad_request("Invalid paging cookie '%s'." % cookie, "0x80041103")
+    return m.group(1).lower()
+
+
+def _like_re(pattern):
+    out = []
+    for ch in pattern:
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+    return re.compile("".join(out), re.I | re.S)
+
+
+def _fetch_coerce(rv, s):
+    """The condition value s as the type of record value rv."""
+    if isinstance(rv, bool):
+        return s.strip().lower() in ("1", "true")
+    if isinstance(rv, int):
+        return int(s)
+    if isinstance(rv, float):
+        return float(s)
+    return s.lower()
+
+
+def _fetch_condition(c):
+    name = c.get("attribute")
+    if not name or c.get("entityname"):
+        raise bad_request("Conditions need an attribute of the fetched "
+                          "entity (entityname is not supported).",
+                          "0x80041103")
+    op = (c.get("operator") or "").lower()
+    lv = "_%s_value" % name
+    values = [v.text or "" for v in c.findall("value")]
+    if c.get("value") is not None:
+        values.insert(0, c.get("value"))
+
+    def get(r):
+        v = r.get(name)
+        return r.get(lv) if v is None else v
+
+    if op == "null":
+        return lambda r: get(r) is None
+    if op == "not-null":
+        return lambda r: get(r) is not None
+    if op in ("like", "not-like", "begins-with", "ends-with"):
+        if not values:
+            raise bad_request("Condition '%s' needs a value." % op, "0x80041103")
+        pat = values[0]
+        if op == "begins-with":
+            pat += "%"
+        elif op == "ends-with":
+            pat = "%" + pat
+        rx = _like_re(pat)
+        neg = op == "not-like"
+
+        def like(r):
+            v = get(r)
+            if not isinstance(v, str):
+                return False
+            return bool(rx.fullmatch(v)) != neg
+        return like
+    cmp_ops = {"eq": "eq", "ne": "ne", "neq": "ne", "gt": "gt", "ge": "ge",
+               "lt": "lt", "le": "le"}
+    if op in cmp_ops or op in ("in", "not-in"):
+        if not values:
+            raise bad_request("Condition '%s' on '%s' needs a value."
+                              % (op, name), "0x80041103")
+
+        def test(r, op=op):
+            v = get(r)
+            if v is None:  # SQL: NULL matches no comparison
+                return False
+            try:
+                vals = [_fetch_coerce(v, x) for x in values]
+            except ValueError:
+                return op in ("ne", "neq", "not-in")
+            vv = v.lower() if isinstance(v, str) else v
+            if op == "in":
+                return vv in vals
+            if op == "not-in":
+                return vv not in vals
+            return _cmp(cmp_ops[op], vv, vals[0])
+        return test
+    raise bad_request("The condition operator '%s' is not supported by the "
+                      "emulator's FetchXML." % op, "0x80041103")
+
+
+def _fetch_filter(el):
+    parts = []
+    for c in el:
+        if c.tag == "condition":
+            parts.append(_fetch_condition(c))
+        elif c.tag == "filter":
+            parts.append(_fetch_filter(c))
+        else:
+            raise bad_request("<%s> is not supported inside <filter>." % c.tag,
+                              "0x80041103")
+    if (el.get("type") or "and").lower() == "or":
+        return lambda r: any(p(r) for p in parts)
+    return lambda r: all(p(r) for p in parts)
 
 
 _COOKIE_RE = re.compile(r'pagenumber="(\d+)"\s+pagingcookie="([^"]*)"')
@@ -2277,9 +2910,7 @@ class Handler(BaseHTTPRequestHandler):
             lat = emu.faults.get("latency_ms")
             if lat:
                 time.sleep(float(lat) / 1000.0)
-            ctx = Ctx(client, emu.base,
-                      "include-annotations" in self.headers.get("Prefer", ""),
-                      False)
+            ctx = Ctx(client, emu.base, self.headers.get("Prefer", ""), False)
             rest = path[10:]
             version, _, tail = rest.partition("/")
             if tail == "$batch" and self.command == "POST":
@@ -2380,6 +3011,27 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, {"inserted": n})
             if m == "DELETE":
                 return self.send_json(200, {"deleted": emu.clear_set(es)})
+        if p == "bulk-list" and m == "POST":
+            try:
+                return self.send_json(200, emu.bulk_list(data))
+            except ApiError as e:
+                return self.send(e.status, [("Content-Type", JSON_CT)],
+                                 e.body())
+            except (KeyError, TypeError, ValueError) as e:
+                return self.send_json(400, {"error": "bad bulk-list: %r" % e})
+        if p.startswith("optionsets/") and m in ("POST", "GET"):
+            es = p[len("optionsets/"):]
+            try:
+                with emu.lock:
+                    if m == "POST":
+                        out = add_optionsets(es, data)
+                    else:
+                        out = dict(BUILTIN_OPTIONSETS.get(es, {}),
+                                   **OPTIONSETS.get(es, {}))
+            except ApiError as e:
+                return self.send(e.status, [("Content-Type", JSON_CT)],
+                                 e.body())
+            return self.send_json(200, out)
         if p.startswith("columns/") and m == "POST":
             try:
                 cols = emu.add_columns(p[len("columns/"):], data)
@@ -2444,6 +3096,8 @@ def main(argv=None):
             seed = json.load(f)
         for es, cols in (seed.pop("_columns", None) or {}).items():
             emu.add_columns(es, cols)
+        for es, cfg in (seed.pop("_optionsets", None) or {}).items():
+            add_optionsets(es, cfg)
         for es, recs in seed.items():
             emu.seed(es, recs)
     Handler.emu = emu
