@@ -624,9 +624,16 @@ static void log_retry(struct kafka_loop *kl, unsigned retry)
         struct kl_item *it = &kl->items[i];
         if (it->state != KL_RETRY)
             continue;
-        LOG_WARN("retrying later count=%u class=%s reason=%s wait_ms=%" PRId64,
-                 retry, cs_err_name(it->err), it->reason,
-                 kl->retry_at - now_ms());
+        /* Waiting for work in progress (a list-sync job, another worker's
+           lease) is expected, not a warning. */
+        if (it->err == CS_ERR_IN_FLIGHT)
+            LOG_DEBUG("waiting count=%u reason=%s wait_ms=%" PRId64, retry,
+                      it->reason, kl->retry_at - now_ms());
+        else
+            LOG_WARN("retrying later count=%u class=%s reason=%s "
+                     "wait_ms=%" PRId64,
+                     retry, cs_err_name(it->err), it->reason,
+                     kl->retry_at - now_ms());
         break;
     }
 }
