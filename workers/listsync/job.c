@@ -124,8 +124,10 @@ static json_t *status_json(const struct job *j, const char *state)
         (json_int_t)(now_ms() - j->started_ms), "finished_at", iso);
 }
 
-/* Writes the status to the list record and the results topic. */
-static void report(struct job *j, const char *state)
+/* Writes the status to the list record and the results topic; a final
+ * state also ends the job record (later copies of the request are
+ * duplicates). */
+static void report(struct job *j, const char *state, bool final)
 {
     const struct listsync_config *lc = j->env.lc;
     json_t *st = status_json(j, state);
@@ -164,8 +166,8 @@ static void report(struct job *j, const char *state)
                      errstr);
     }
     if (text)
-        store_end(&j->store, state, text, j->env.lc->job_ttl_days * 86400,
-                  errstr, sizeof(errstr));
+        store_end(&j->store, final ? state : NULL, text,
+                  j->env.lc->job_ttl_days * 86400, errstr, sizeof(errstr));
     free(text);
     json_decref(st);
 }
@@ -631,6 +633,10 @@ out_free:
     page_free(&p);
     members_free(mr);
     free(select);
+    /* A dependency that stays down (after the inline retries) pauses the
+       request instead of failing it: the job starts over later. */
+    if (result == JOB_FAILED && cs_err_retryable(j->err))
+        result = JOB_RETRY;
     return result;
 }
 
@@ -667,9 +673,11 @@ static void *run(void *arg)
     if (st == JOB_DONE) {
         snprintf(j->reason, sizeof(j->reason), "%s",
                  j->restarted ? "restarted after interruption" : "");
-        report(j, "done");
+        report(j, "done", true);
     } else if (st == JOB_FAILED) {
-        report(j, "failed");
+        report(j, "failed", true);
+    } else if (st == JOB_RETRY) {
+        report(j, "retrying", false); /* also drops the lease */
     } else {
         /* interrupted / transient: the next attempt starts over */
         store_end(&j->store, NULL, NULL, 0, errstr, sizeof(errstr));
