@@ -376,6 +376,15 @@ static void page_free(struct page *p)
     free(p->pc);
 }
 
+/* Moves member @p from to slot @p to (to <= from) while compacting. */
+static void page_keep(struct page *p, size_t to, size_t from)
+{
+    p->rows[to] = p->rows[from];
+    p->ids[to] = p->ids[from];
+    memmove(p->email[to], p->email[from], EMAIL_MAX);
+    p->emails[to] = p->email[to];
+}
+
 /* Filters the page's rows; the survivors stay in p (compacted). */
 static bool filter_page(struct job *j, json_t *rows, struct page *p, int model)
 {
@@ -425,11 +434,7 @@ static bool filter_page(struct job *j, json_t *rows, struct page *p, int model)
             j->c.no_consent++;
             continue;
         }
-        p->rows[k] = p->rows[i];
-        p->ids[k] = p->ids[i];
-        memmove(p->email[k], p->email[i], EMAIL_MAX);
-        p->emails[k] = p->email[k];
-        k++;
+        page_keep(p, k++, i);
     }
     p->n = k;
     err = store_page(&j->store, j->req.tenant, j->req.consent_id, p->emails,
@@ -453,11 +458,7 @@ static bool filter_page(struct job *j, json_t *rows, struct page *p, int model)
         default:
             break;
         }
-        p->rows[k] = p->rows[i];
-        p->ids[k] = p->ids[i];
-        memmove(p->email[k], p->email[i], EMAIL_MAX);
-        p->emails[k] = p->email[k];
-        k++;
+        page_keep(p, k++, i);
     }
     p->n = k;
     return true;
