@@ -602,11 +602,22 @@ static void schedule_retry(struct kafka_loop *kl)
 {
     long wait = kl->backoff_ms;
     long hint = 0;
+    bool only_waiting = true; /* every retry waits for work in progress */
 
-    for (size_t i = 0; i < kl->n; i++)
-        if (kl->items[i].state == KL_RETRY &&
-            kl->items[i].retry_after_ms > hint)
+    for (size_t i = 0; i < kl->n; i++) {
+        if (kl->items[i].state != KL_RETRY)
+            continue;
+        if (kl->items[i].retry_after_ms > hint)
             hint = kl->items[i].retry_after_ms;
+        only_waiting &= kl->items[i].err == CS_ERR_IN_FLIGHT;
+    }
+    if (only_waiting && hint > 0) {
+        /* Nothing failed (a list-sync job runs, another worker holds a
+           lease): look again after the hint, without growing the backoff. */
+        kl->retry_at = now_ms() + hint;
+        set_paused(kl, true);
+        return;
+    }
     /* Equal jitter (half fixed, half random), never before a peer's hint. */
     wait = wait / 2 + (long)(rand_r(&kl->rng) % (unsigned)(wait / 2 + 1));
     if (hint > wait)
