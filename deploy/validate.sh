@@ -19,6 +19,7 @@ VALIDATE="${K8S_SCHEMAS_VALIDATE:-$REPO/../shared/k8s-schemas/validate}"
 # them (idle consumers).
 RESPONSE_PARTITIONS="${CRMSYNC_RESPONSE_PARTITIONS:-12}"
 BOUNCE_PARTITIONS="${CRMSYNC_BOUNCE_PARTITIONS:-6}"
+LISTSYNC_PARTITIONS="${CRMSYNC_LISTSYNC_PARTITIONS:-6}"
 
 command -v kubectl >/dev/null 2>&1 || { echo "validate.sh: kubectl not found" >&2; exit 2; }
 [ -x "$VALIDATE" ] || { echo "validate.sh: validator not found at $VALIDATE (set K8S_SCHEMAS_VALIDATE)" >&2; exit 2; }
@@ -45,11 +46,12 @@ for t in "${targets[@]}"; do
     echo "== schema-validate $name"
     "$VALIDATE" "$out" || fail=1
     echo "== project rules $name"
-    python3 - "$out" "$RESPONSE_PARTITIONS" "$BOUNCE_PARTITIONS" <<'PY' || fail=1
+    python3 - "$out" "$RESPONSE_PARTITIONS" "$BOUNCE_PARTITIONS" "$LISTSYNC_PARTITIONS" <<'PY' || fail=1
 import sys, yaml
 path = sys.argv[1]
 partitions = {"crmsync.response.events": int(sys.argv[2]),
-              "crmsync.bounce.events": int(sys.argv[3])}
+              "crmsync.bounce.events": int(sys.argv[3]),
+              "crmsync.listsync.requests": int(sys.argv[4])}
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
 by_kind = {}
 for d in docs:
@@ -85,6 +87,32 @@ for name, dep in by_kind.get("Deployment", {}).items():
         cm = v.get("configMap", {}).get("name")
         if cm and cm not in by_kind.get("ConfigMap", {}):
             err(f"Deployment/{name}: volume {v['name']} references missing ConfigMap {cm}")
+
+# CronJobs (the list-sync schedule): same hardening, a concurrency policy,
+# and every ConfigMap they reference rendered.
+for name, cj in by_kind.get("CronJob", {}).items():
+    spec = cj["spec"]
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    if spec.get("concurrencyPolicy") != "Forbid":
+        err(f"CronJob/{name}: concurrencyPolicy must be Forbid")
+    if not pod.get("securityContext", {}).get("runAsNonRoot"):
+        err(f"CronJob/{name}: pod securityContext.runAsNonRoot not set")
+    for c in pod["containers"]:
+        sc = c.get("securityContext", {})
+        if not sc.get("readOnlyRootFilesystem") or \
+                sc.get("allowPrivilegeEscalation", True) or \
+                "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            err(f"CronJob/{name}/{c['name']}: container not hardened")
+        if "requests" not in c.get("resources", {}) or "limits" not in c.get("resources", {}):
+            err(f"CronJob/{name}/{c['name']}: resources requests/limits missing")
+        for e in c.get("env", []):
+            cm = e.get("valueFrom", {}).get("configMapKeyRef", {}).get("name")
+            if cm and cm not in by_kind.get("ConfigMap", {}):
+                err(f"CronJob/{name}: env {e['name']} references missing ConfigMap {cm}")
+    for v in pod.get("volumes", []):
+        cm = v.get("configMap", {}).get("name")
+        if cm and cm not in by_kind.get("ConfigMap", {}):
+            err(f"CronJob/{name}: volume {v['name']} references missing ConfigMap {cm}")
 
 for name, so in by_kind.get("ScaledObject", {}).items():
     spec = so["spec"]

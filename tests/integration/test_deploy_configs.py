@@ -14,7 +14,9 @@ SRC = os.environ.get("CRMSYNC_SOURCE_DIR") or os.path.dirname(
 BUILD = os.environ.get("CRMSYNC_BUILD_DIR") or os.path.join(SRC, "build",
                                                             "dev")
 SECRET_ENV = {"CRMSYNC_CRM_CLIENT_SECRET": "placeholder-secret",
-              "CRMSYNC_REDIS_URL": "redis://:placeholder@redis:6379/0"}
+              "CRMSYNC_REDIS_URL": "redis://:placeholder@redis:6379/0",
+              # list-sync: Secret crmsync-esp (deploy/base/listsync)
+              "CRMSYNC_ESP_PASSWORD": "placeholder-esp-password"}
 
 
 def check(worker, path):

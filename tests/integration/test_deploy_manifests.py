@@ -38,12 +38,16 @@ def main() -> int:
     assert proc.returncode == 0, f"deploy/validate.sh exited {proc.returncode}"
     # The script must really have validated documents of both targets.
     assert "validate: 0 ok" not in combined, "no document validated"
-    for worker in ("response", "bounce"):
+    for worker in ("response", "bounce", "listsync"):
         for kind in ("Deployment", "ScaledObject", "PodDisruptionBudget",
                      "Service"):
             assert "%s/crmsync-%s" % (kind, worker) in combined, \
                 "%s/crmsync-%s not validated" % (kind, worker)
     assert "TriggerAuthentication/crmsync-kafka" in combined
+    # the daily list-sync schedule and its lists
+    assert "CronJob/crmsync-listsync-schedule" in combined, \
+        "CronJob/crmsync-listsync-schedule not validated"
+    assert "Secret/crmsync-esp" in combined, "Secret/crmsync-esp not validated"
     assert "validate.sh: all checks passed" in combined
     print("PASS: deploy manifests valid")
     return 0

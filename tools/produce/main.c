@@ -5,7 +5,8 @@
  *   crmsync-produce -b <bootstrap> -t <topic> [-s <schemas_dir>]
  *                   [-r <registry_url>] [-i <default schema id>]
  *                   [-k recipient|event_id|none] [-X key=value]...
- *                   < events.jsonl
+ *                   [-f events.jsonl] [--stamp [--stamp-prefix P]
+ *                   [--now MS]] < events.jsonl
  *
  * Each line is an event object of the default schema id. Reserved keys,
  * removed before encoding:
@@ -18,6 +19,15 @@
  * else its lower-cased email, else event_id - so one recipient's events stay
  * in one partition, in order.
  *
+ * --stamp (the daily list-sync CronJob): each line names a list to sync
+ * (tenant, crm_list_id, esp_list_id, consent_id); occurred_at, requested_at
+ * (now), source_system, mode FULL, the key (crm_list_id) and a deterministic
+ * event_id "<prefix>|<tenant>|<crm_list_id>|<YYYY-MM-DD>" (UTC) are added
+ * when absent (stamp.h), so a retry the same day is a duplicate request
+ * the worker skips. -f reads a file instead of stdin (no shell needed in
+ * a pod). The SASL password may come from env CRMSYNC_KAFKA_SASL_PASSWORD
+ * (as the workers take it) instead of -X, so it never shows in argv.
+ *
  * Delivery: acks=all, linger.ms=5, large batches; messages are queued
  * without waiting and all delivery reports are awaited at the end
  * (rd_kafka_flush). JSON parsing (the costliest step) runs on a reader
@@ -28,22 +38,27 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
 
 #include "common/avro_codec.h"
 #include "common/odata.h"
+#include "tools/produce/stamp.h"
 
-#define MAX_X_PROPS   64
-#define FLUSH_TIMEOUT 60000 /* ms to wait for the last delivery reports */
-#define ERRORS_SHOWN  10    /* delivery errors printed before going quiet */
-#define BATCH_LINES   512   /* parsed lines handed over at once */
-#define QUEUE_BATCHES 8     /* batches in flight between the threads */
+#define MAX_X_PROPS       64
+#define FLUSH_TIMEOUT     60000 /* ms to wait for the last delivery reports */
+#define ERRORS_SHOWN      10    /* delivery errors printed before going quiet */
+#define BATCH_LINES       512   /* parsed lines handed over at once */
+#define QUEUE_BATCHES     8     /* batches in flight between the threads */
+#define SASL_PASSWORD_ENV "CRMSYNC_KAFKA_SASL_PASSWORD"
 
 enum key_mode { KEY_RECIPIENT, KEY_EVENT_ID, KEY_NONE };
 
@@ -56,6 +71,10 @@ struct options {
     enum key_mode key_mode;         /* -k */
     const char *props[MAX_X_PROPS]; /* -X key=value, borrowed from argv */
     int nprops;
+    const char *input;        /* -f, NULL = stdin */
+    bool stamp;               /* --stamp */
+    const char *stamp_prefix; /* --stamp-prefix */
+    int64_t now_ms;           /* --now, or the time at startup */
 };
 
 /* Delivery report counters (rdkafka opaque; callbacks run in poll/flush on
@@ -71,28 +90,92 @@ static void usage(FILE *fp)
                 "[-s <schemas_dir>] [-r <registry_url>]\n"
                 "                       [-i <default schema id>] "
                 "[-k recipient|event_id|none] [-X key=value]...\n"
-                "                       < events.jsonl\n"
+                "                       [-f events.jsonl] [--stamp "
+                "[--stamp-prefix P] [--now MS]] < events.jsonl\n"
                 "  -s  schemas directory with ids.txt (default: schemas)\n"
                 "  -r  Confluent Schema Registry URL (default: local schemas)\n"
                 "  -i  schema id of lines without \"__schema_id\" (default 1)\n"
                 "  -k  message key: recipient (default), event_id or none\n"
                 "  -X  extra librdkafka property, repeatable\n"
+                "  -f  read the lines from this file instead of stdin\n"
+                "  --stamp\n"
+                "      list-sync requests from a schedule (the daily "
+                "CronJob): each line\n"
+                "      needs tenant and crm_list_id (plus esp_list_id, "
+                "consent_id); added\n"
+                "      when absent: occurred_at = requested_at = now (ms), "
+                "source_system\n"
+                "      \"" STAMP_SOURCE_SYSTEM "\", mode FULL, key = "
+                "crm_list_id and\n"
+                "      event_id \"<prefix>|<tenant>|<crm_list_id>|"
+                "<YYYY-MM-DD>\" (UTC day of now):\n"
+                "      a retry on the same day repeats the event_id, so "
+                "the worker skips it\n"
+                "      as a duplicate; the next day is a new job. Use "
+                "with -i 4.\n"
+                "  --stamp-prefix P\n"
+                "      first part of the stamped event_id (default "
+                "\"" STAMP_DEFAULT_PREFIX "\"; e.g.\n"
+                "      \"manual\" to run a list again the same day)\n"
+                "  --now MS\n"
+                "      the time --stamp uses, ms since the epoch (default: "
+                "the clock)\n"
+                "Environment: CRMSYNC_KAFKA_SASL_PASSWORD sets "
+                "sasl.password (unless -X sets it).\n"
                 "Reserved line keys: __schema_id, __key, __raw_hex, "
                 "__headers.\n");
 }
 
 static int parse_options(int argc, char **argv, struct options *o)
 {
+    static const struct option longopts[] = {
+        {"stamp", no_argument, NULL, 'S'},
+        {"stamp-prefix", required_argument, NULL, 'P'},
+        {"now", required_argument, NULL, 'N'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct timespec ts;
     int ch;
     long v;
+    long long ll;
     char *end;
 
     memset(o, 0, sizeof(*o));
     o->schemas_dir = "schemas";
     o->default_id = 1;
     o->key_mode = KEY_RECIPIENT;
-    while ((ch = getopt(argc, argv, "b:t:s:r:i:k:X:h")) != -1) {
+    o->stamp_prefix = STAMP_DEFAULT_PREFIX;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    o->now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    for (;;) {
+        ch = getopt_long(argc, argv, "b:t:s:r:i:k:X:f:h", longopts, NULL);
+        if (ch == -1)
+            break;
         switch (ch) {
+        case 'f':
+            o->input = optarg;
+            break;
+        case 'S':
+            o->stamp = true;
+            break;
+        case 'P':
+            if (!optarg[0] || strchr(optarg, '|')) {
+                fprintf(stderr, "crmsync-produce: bad --stamp-prefix %s\n",
+                        optarg);
+                return -1;
+            }
+            o->stamp_prefix = optarg;
+            break;
+        case 'N':
+            errno = 0;
+            ll = strtoll(optarg, &end, 10);
+            if (errno || *end || end == optarg || ll < 0) {
+                fprintf(stderr, "crmsync-produce: bad --now %s\n", optarg);
+                return -1;
+            }
+            o->now_ms = (int64_t)ll;
+            break;
         case 'b':
             o->bootstrap = optarg;
             break;
@@ -173,6 +256,17 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
     return 0;
 }
 
+/* True when -X sets property name. */
+static bool has_prop(const struct options *o, const char *name)
+{
+    size_t n = strlen(name);
+
+    for (int i = 0; i < o->nprops; i++)
+        if (strncmp(o->props[i], name, n) == 0 && o->props[i][n] == '=')
+            return true;
+    return false;
+}
+
 /* Creates the producer; NULL on error (printed). */
 static rd_kafka_t *producer_new(const struct options *o, struct delivery *d)
 {
@@ -196,6 +290,9 @@ static rd_kafka_t *producer_new(const struct options *o, struct delivery *d)
         if (conf_set(conf, name, eq + 1))
             goto out_free_conf;
     }
+    if (!has_prop(o, "sasl.password") && getenv(SASL_PASSWORD_ENV) &&
+        conf_set(conf, "sasl.password", getenv(SASL_PASSWORD_ENV)))
+        goto out_free_conf;
     rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
     rd_kafka_conf_set_opaque(conf, d);
     rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
@@ -549,7 +646,14 @@ static long produce_lines(struct avro_codec *codec, const struct options *o,
                 bad++;
                 continue;
             }
-            if (line_to_message(codec, o, pl->ev, &m, errstr, sizeof(errstr))) {
+            if (o->stamp &&
+                stamp_request(pl->ev, o->stamp_prefix, o->now_ms, errstr,
+                              sizeof(errstr)) != CS_ERR_OK) {
+                fprintf(stderr, "crmsync-produce: line %ld: %s\n", pl->lineno,
+                        errstr);
+                bad++;
+            } else if (line_to_message(codec, o, pl->ev, &m, errstr,
+                                       sizeof(errstr))) {
                 fprintf(stderr, "crmsync-produce: line %ld: %s\n", pl->lineno,
                         errstr);
                 bad++;
@@ -585,6 +689,10 @@ int main(int argc, char **argv)
 
     if (parse_options(argc, argv, &o)) {
         usage(stderr);
+        return 3;
+    }
+    if (o.input && !freopen(o.input, "r", stdin)) {
+        fprintf(stderr, "crmsync-produce: %s: %s\n", o.input, strerror(errno));
         return 3;
     }
     codec =
