@@ -5,16 +5,22 @@ every built worker, produces a sample stream of ESP events (duplicates and
 poison messages included), waits until every consumer group has lag 0 and
 prints what landed in the CRM and in the dead-letter topics. The bounce
 worker gets a consent catalog, people in the CRM and a bounce / opt-out
-stream of its own (see BounceDemo). Every part checks its numbers against
+stream of its own (see BounceDemo). The list-sync worker then mirrors a
+marketing list of a few thousand contacts to the Optimizely Campaign
+emulator (see ListSyncDemo), with the request produced as the daily
+CronJob does. Every part checks its numbers against
 what the demo's own oracle expects from the stream it produced; the exit
 status is 1 on any mismatch. Then it keeps the stack up (metrics on the
 printed ports) until Ctrl-C, or exits at once with --exit.
 """
 import argparse
 import collections
+import json
 import os
+import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -359,6 +365,295 @@ def bounce_report(st, w, demo, dead):
     return problems
 
 
+# -- the list-sync part -----------------------------------------------------
+# One static marketing list of a few thousand contacts (bulk-seeded, with
+# inactive records, invalid and duplicate addresses, outbounced and
+# suppressed addresses, opt-outs in the CRM) plus the bounce part's people,
+# mirrored to an Optimizely Campaign list (the ESP emulator, which refuses
+# a few addresses as unsubscribed / blacklisted). The request is produced
+# the way the daily CronJob does (crmsync-produce --stamp), then once more
+# as the CronJob's retry the same day, which the worker must skip.
+
+LS_LIST = "5e1f0000-0000-4000-8000-00000000d001"
+LS_ESP_LIST = "9001"
+LS_DOMAIN = "list-demo.example"
+NON_RESTRICTIVE = 534120001  # msdynmkt_enforcementmodel
+
+
+def ls_addr(n):
+    return "member%d@%s" % (n, LS_DOMAIN)
+
+
+class ListSyncDemo:
+    """The marketing list and what a full refresh must do with it. The
+    list uses the Newsletter purpose, made non-restrictive (members without
+    a consent row are mailed, opted-out ones are not)."""
+
+    def __init__(self, n=3000):
+        self.n = n
+        r = range(n)
+        self.inactive = [i for i in r if i % 10 == 3]
+        self.outbounced = [i for i in r if i % 50 == 7]
+        self.suppressed = [i for i in r if i % 100 == 45]
+        self.opted_out = [i for i in r if i % 100 == 11]
+        self.esp_unsub = [i for i in r if i % 1000 == 88]
+        self.esp_black = [i for i in r if i % 1000 == 98]
+        self.n_invalid = 6
+        self.dup_of = [20, 21, 22]  # written in upper case once more
+
+    def seed(self, seed):
+        """Adds the purpose's enforcement model and the CRM opt-outs."""
+        seed = dict(seed)
+        seed["msdynmkt_purposes"] = [
+            dict(p, msdynmkt_enforcementmodel=NON_RESTRICTIVE)
+            if p["msdynmkt_purposeid"] == P_NEWS else p
+            for p in seed.get("msdynmkt_purposes", [])]
+        seed["msdynmkt_contactpointconsent4s"] = list(
+            seed.get("msdynmkt_contactpointconsent4s", [])) + [{
+                "msdynmkt_contactpointvalue": ls_addr(i),
+                "msdynmkt_contactpointtype": 534120000,
+                "msdynmkt_contactpointconsenttype": 534120000,
+                "msdynmkt_value": OPTED_OUT,
+                "msdynmkt_purposeId@odata.bind":
+                    "/msdynmkt_purposes(%s)" % P_NEWS}
+            for i in self.opted_out]
+        return seed
+
+    def setup(self, st, bdemo):
+        """The list in the CRM, suppression entries in Redis."""
+        st.dv_admin("POST", "/_admin/bulk-list", {
+            "list_id": LS_LIST, "entity": "contact", "count": self.n,
+            "listname": "Newsletter DE (daily)",
+            "email_pattern": "member{n}@" + LS_DOMAIN,
+            "fields": {"firstname": "Reader", "lastname": "No {n}"},
+            "every": [{"n": 10, "offset": 3,
+                       "fields": {"statecode": 1, "statuscode": 2}}]})
+        st.dv_admin("POST", "/_admin/bulk-list", {
+            "list_id": LS_LIST, "entity": "contact",
+            "count": self.n_invalid, "email_pattern": "no-at-sign-{n}",
+            "fields": {"firstname": "Broken", "lastname": "{n}"}})
+        st.dv_admin("POST", "/_admin/bulk-list", {
+            "list_id": LS_LIST, "entity": "contact",
+            "count": len(self.dup_of), "start": self.dup_of[0],
+            "email_pattern": "MEMBER{n}@List-Demo.EXAMPLE",
+            "fields": {"firstname": "Twin", "lastname": "{n}"}})
+        self.bounce_people = []
+        if bdemo:
+            self.bounce_people = [a for s, a in bdemo.people
+                                  if s == "contacts"]
+            st.dv_admin("POST", "/_admin/records/listmembers", [
+                {"listmemberid": str(uuid.uuid4()), "_listid_value": LS_LIST,
+                 "_entityid_value": rid("contacts", a)}
+                for a in self.bounce_people])
+        st.redis("SADD", "cs:sup:b", *[ls_addr(i) for i in self.outbounced])
+        st.redis("SADD", "cs:sup:x:" + BOUNCE_TENANT,
+                 *[ls_addr(i) for i in self.suppressed])
+
+    def expected(self, bdemo):
+        """The job status's counts. A member is counted under the first
+        reason that applies, in the worker's order: invalid email,
+        inactive, no consent (the CRM's rows), then outbounced and
+        suppressed (Redis), then duplicates."""
+        sets = bdemo.expected_sets() if bdemo else {}
+        out_b = set(sets.get("cs:sup:b", ()))
+        sup = set(sets.get("cs:sup:x:" + BOUNCE_TENANT, ())) | set(
+            sets.get("cs:sup:c:%s|%s" % (BOUNCE_TENANT, P_NEWS), ()))
+        crm_out = {a for (a, c), out in (bdemo.consent.items() if bdemo
+                                         else ()) if c == P_NEWS and out}
+        b_nc = [a for a in self.bounce_people if a in crm_out]
+        b_out = [a for a in self.bounce_people
+                 if a not in crm_out and a in out_b]
+        b_sup = [a for a in self.bounce_people
+                 if a not in crm_out and a not in out_b and a in sup]
+        filt = {"invalid_email": self.n_invalid,
+                "inactive": len(self.inactive),
+                "qualified_lead": 0,
+                "outbounced": len(self.outbounced) + len(b_out),
+                "suppressed": len(self.suppressed) + len(b_sup),
+                "no_consent": len(self.opted_out) + len(b_nc)}
+        read = self.n + self.n_invalid + len(self.dup_of) + len(
+            self.bounce_people)
+        sent = read - sum(filt.values()) - len(self.dup_of)
+        refused = len(self.esp_unsub) + len(self.esp_black)
+        return {"state": "done", "read": read, "filtered": filt,
+                "duplicates": len(self.dup_of), "sent": sent,
+                "accepted": sent - refused, "refused": refused,
+                "unsubscribed": len(self.esp_unsub),
+                "blacklisted": len(self.esp_black),
+                "feedback_events": refused,
+                "bounce_filtered": (b_nc, b_out, b_sup)}
+
+
+def start_esp(st):
+    """The Optimizely Campaign emulator, owned by the stack (stopped with
+    it). Returns its base URL."""
+    pf = os.path.join(st.workdir, "esp.port")
+    p = st._start("esp", [sys.executable, os.path.join(
+        REPO, "tests", "emulators", "optimizely_emulator.py"), "--port", "0",
+        "--port-file", pf, "--mandator", "123", "--user", "demo-api",
+        "--password", "demo-esp-password", "--quiet"])
+    return "http://127.0.0.1:%d" % int(st._wait_file(p, pf, 30))
+
+
+def http_json(url, body=None, timeout=30):
+    req = urllib.request.Request(
+        url, data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def listsync_run(st, ldemo, bdemo, procs):
+    """Starts the ESP emulator and the list-sync worker, produces the
+    daily request (and its retry), waits for the job, prints the summary
+    and returns a list of mismatches."""
+    problems = []
+
+    def check(what, got, want):
+        if got != want:
+            problems.append("%s: got %s, expected %s" % (what, got, want))
+            return "MISMATCH"
+        return "OK"
+
+    hr("list sync: CRM marketing list -> ESP recipient list")
+    esp = start_esp(st)
+    http_json(esp + "/_admin/unsubscribes",
+              {"addresses": [ls_addr(i) for i in ldemo.esp_unsub]})
+    http_json(esp + "/_admin/blacklist",
+              {"addresses": [ls_addr(i) for i in ldemo.esp_black]})
+    cfg = {"esp.base_url": esp + "/soap11", "esp.mandator_id": "123",
+           "esp.user": "demo-api", "esp.batch_size": 500,
+           "listsync.lease_ms": 10000, "listsync.barrier_timeout_s": 30,
+           # look at the running job every second, not with a growing
+           # backoff, so the demo moves on as soon as it ends
+           "consumer.retry_backoff_max_ms": 1000}
+    if not bdemo:
+        cfg["listsync.barrier_topics"] = ""
+    w = st.start_worker("listsync", st.worker_config("listsync", cfg),
+                        env={"CRMSYNC_ESP_PASSWORD": "demo-esp-password"})
+    w.wait_ready(60)
+    procs["listsync"] = w
+    print("  ESP emulator     %s (3 addresses preloaded as unsubscribed, "
+          "3 as blacklisted)" % esp)
+    print("  worker listsync  pid %d, metrics http://127.0.0.1:%s/metrics"
+          % (w.pid, w.metrics_port))
+    exp = ldemo.expected(bdemo)
+    print("list 'Newsletter DE (daily)': %d contacts (%d inactive, %d "
+          "without a valid address, %d written twice), %d of them "
+          "outbounced and %d suppressed in Redis, %d opted out in the CRM; "
+          "plus the bounce part's %d contacts" % (
+              ldemo.n + ldemo.n_invalid + len(ldemo.dup_of),
+              len(ldemo.inactive), ldemo.n_invalid, len(ldemo.dup_of),
+              len(ldemo.outbounced), len(ldemo.suppressed),
+              len(ldemo.opted_out), len(ldemo.bounce_people)))
+
+    # The CronJob's line and its producer (deploy/base/listsync).
+    lists = os.path.join(st.workdir, "lists.jsonl")
+    with open(lists, "w") as f:
+        f.write(json.dumps({"tenant": BOUNCE_TENANT, "crm_list_id": LS_LIST,
+                            "esp_list_id": LS_ESP_LIST,
+                            "consent_id": P_NEWS}) + "\n")
+    argv = [st.tool("produce"), "-b", st.bootstrap, "-t",
+            DEFAULT_TOPICS["listsync"], "-s", os.path.join(REPO, "schemas"),
+            "-i", "4", "--stamp", "-f", lists]
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    eid = "daily|%s|%s|%s" % (BOUNCE_TENANT, LS_LIST, time.strftime(
+        "%Y-%m-%d", time.gmtime()))
+    print("crmsync-produce --stamp -f lists.jsonl -> request %s" % eid)
+    t0 = time.monotonic()
+    key = "cs:ls:job:%s|%s" % (BOUNCE_TENANT, eid)
+
+    def ended():
+        raw = st.redis("HGET", key, "state")
+        state = raw.decode() if isinstance(raw, bytes) else raw
+        return state if state in ("done", "failed") else None
+    try:
+        st.wait_for(ended, 90, 0.3, "list-sync job %s ends" % eid)
+    except AssertionError as e:
+        problems.append(str(e))
+        print("job did not end: %s\n%s" % (e, w.describe()))
+        return problems
+    st.wait_lag_zero("crmsync-listsync", DEFAULT_TOPICS["listsync"], 60)
+    took = time.monotonic() - t0
+    # The CronJob retried the same day: the same event id, skipped.
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    st.wait_lag_zero("crmsync-listsync", DEFAULT_TOPICS["listsync"], 60)
+
+    status = None
+    for r in st.dv_admin("GET", "/_admin/records/lists"):
+        if r.get("listid") == LS_LIST and r.get("crmsync_syncstatus"):
+            status = json.loads(r["crmsync_syncstatus"])
+            synced = r.get("crmsync_lastsyncon")
+    results = [json.loads(m["value"]) for m in
+               st.consume_all("crmsync.listsync.results")
+               if m["key"] == LS_LIST]
+    stats = http_json(esp + "/_admin/stats")
+    count = http_json(esp + "/_admin/lists/%s?limit=1" % LS_ESP_LIST)["count"]
+    s = status or {}
+    codes = s.get("codes") or {}
+    print("job %s after %.1fs (state %s, attempt %s); status on the CRM "
+          "list (crmsync_syncstatus, synced %s) and %d message(s) on "
+          "crmsync.listsync.results" % (
+              s.get("request"), took, s.get("state"), s.get("attempt"),
+              status and synced, len(results)))
+    rows = [("read from the CRM list", s.get("read"), exp["read"])]
+    for k, v in exp["filtered"].items():
+        rows.append(("  filtered: " + k.replace("_", " "),
+                     (s.get("filtered") or {}).get(k), v))
+    rows += [("  duplicates (same address)", s.get("duplicates"),
+              exp["duplicates"]),
+             ("sent to the ESP (addAll3)", s.get("sent"), exp["sent"]),
+             ("  accepted (code 0)", s.get("accepted"), exp["accepted"]),
+             ("  refused", s.get("refused"), exp["refused"]),
+             ("    unsubscribed (2)", codes.get("unsubscribed"),
+              exp["unsubscribed"]),
+             ("    blacklisted (3)", codes.get("blacklisted"),
+              exp["blacklisted"]),
+             ("  fed back as opt-outs", s.get("feedback_events"),
+              exp["feedback_events"]),
+             ("ESP list %s recipients" % LS_ESP_LIST, count,
+              exp["accepted"]),
+             ("results on the topic", len(results), 1),
+             ("ESP clear calls (retry skipped)",
+              stats["calls"].get("RpcRecipient.clear"), 1),
+             ("duplicate requests skipped",
+              int(w.metric("crmsync_messages_duplicate_total")), 1)]
+    print("%-34s %8s %9s" % ("", "got", "expected"))
+    for what, got, want in rows:
+        print("%-34s %8s %9s  %s" % (what, got, want, check(
+            "list sync " + what.strip(), got, want)))
+    b_nc, b_out, b_sup = exp["bounce_filtered"]
+    if b_nc or b_out or b_sup:
+        print("from the bounce part: opted out in the CRM %s; outbounced "
+              "%s; suppressed %s" % tuple(
+                  ", ".join(a.split("@")[0] for a in x) or "-"
+                  for x in (b_nc, b_out, b_sup)))
+    check("list sync state", s.get("state"), "done")
+    if results:
+        check("results topic = CRM status",
+              {k: results[-1].get(k) for k in ("read", "sent", "accepted")},
+              {k: s.get(k) for k in ("read", "sent", "accepted")})
+    # The refused recipients went back through the bounce/opt-out topic:
+    # once the bounce worker applied them, Redis (and the CRM) agree with
+    # the ESP, so the next refresh filters them before sending.
+    if bdemo and "bounce" in procs:
+        st.wait_lag_zero("crmsync-bounce", DEFAULT_TOPICS["bounce"], 60)
+        refused = {ls_addr(i) for i in ldemo.esp_unsub + ldemo.esp_black}
+        key = "cs:sup:c:%s|%s" % (BOUNCE_TENANT, P_NEWS)
+        have = {m.decode() if isinstance(m, bytes) else m
+                for m in st.redis("SMEMBERS", key) or []}
+        print("ESP refusals applied by the bounce worker (%s): %d of %d "
+              "-> %s" % (key, len(refused & have), len(refused), check(
+                  "ESP refusals in " + key, sorted(refused & have),
+                  sorted(refused))))
+    sample = http_json(esp + "/_admin/lists/%s?limit=1" % LS_ESP_LIST)
+    if sample.get("recipients"):
+        print("example recipient: %s" % json.dumps(sample["recipients"][0])
+              [:300])
+    return problems
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build-dir", default=os.path.join(REPO, "build", "dev"))
@@ -367,8 +662,10 @@ def main():
                     help="stop the stack right after printing the result")
     args = ap.parse_args()
 
-    workers = [w for w in sorted(DEFAULT_TOPICS) if os.path.exists(
+    built = [w for w in sorted(DEFAULT_TOPICS) if os.path.exists(
         os.path.join(args.build_dir, "workers", "crmsync-" + w))]
+    # list-sync needs the ESP emulator: started later by its own part
+    workers = [w for w in built if w != "listsync"]
     with Stack(build_dir=os.path.abspath(args.build_dir),
                source_dir=REPO) as st:
         print("starting mock Kafka cluster, redis-server, Dataverse emulator")
@@ -380,6 +677,10 @@ def main():
         if "bounce" in workers:
             bdemo = BounceDemo(int(time.time()) * 1000)
             seed = bdemo.seed(seed)
+        ldemo = None
+        if "listsync" in built:
+            ldemo = ListSyncDemo()
+            seed = ldemo.seed(seed)
         st.start_dataverse(seed=seed)
         print("  kafka bootstrap: %s" % st.bootstrap)
         print("  redis:           127.0.0.1:%d (password protected)"
@@ -493,6 +794,12 @@ def main():
                     h.get("crmsync.error.offset"),
                     h.get("crmsync.error.class"),
                     h.get("crmsync.error.message")))
+
+        if ldemo:
+            # After the bounce checks: the list's suppression entries go to
+            # the same Redis sets.
+            ldemo.setup(st, bdemo)
+            problems += listsync_run(st, ldemo, bdemo, procs)
 
         hr("result")
         for p in problems:
