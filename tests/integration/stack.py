@@ -887,6 +887,74 @@ class Stack:
                 e.read().decode("utf-8", "replace")[:500]))
         return json.loads(raw) if raw.strip() else None
 
+    # -- Optimizely Campaign (ESP) emulator ------------------------------
+
+    def start_esp(self, mandator="1234567890", user="api-user",
+                  password="api-password", session_ttl=None, max_batch=None,
+                  extra_args=()):
+        """Starts tests/emulators/optimizely_emulator.py on a free port
+        (tracked and stopped like the other processes). Returns the SOAP
+        base URL http://127.0.0.1:<port>/soap11 (the workers' esp.base_url);
+        the admin API is at self.esp_url + "/_admin" (see esp_admin())."""
+        proc = getattr(self, "_esp", None)
+        if proc is not None and proc.alive:
+            return self.esp_base_url
+        port_file = self._path("esp.port")
+        if os.path.exists(port_file):
+            os.unlink(port_file)
+        argv = [sys.executable,
+                os.path.join(self.source_dir, "tests", "emulators",
+                             "optimizely_emulator.py"),
+                "--port", "0", "--port-file", port_file, "--quiet",
+                "--mandator", str(mandator), "--user", user,
+                "--password", password]
+        if session_ttl is not None:
+            argv += ["--session-ttl", str(session_ttl)]
+        if max_batch is not None:
+            argv += ["--max-batch", str(max_batch)]
+        argv += list(extra_args)
+        self._esp = self._start("esp", argv)
+        port = int(self._wait_file(self._esp, port_file, 30))
+        self.esp_url = "http://127.0.0.1:%d" % port
+        self.esp_base_url = self.esp_url + "/soap11"
+        self.esp_mandator = str(mandator)
+        self.esp_user = user
+        self.esp_password = password
+        return self.esp_base_url
+
+    def esp_admin(self, method, path, body=None):
+        """JSON call to the ESP emulator's admin API (e.g.
+        esp_admin("GET", "/_admin/lists/42")). Returns the parsed JSON, or
+        None for an empty body; raises RuntimeError on HTTP >= 400."""
+        if not getattr(self, "esp_url", None):
+            raise RuntimeError("start_esp() first")
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.esp_url + path, data=data,
+                                     method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError("%s %s -> %d %s" % (
+                method, path, e.code,
+                e.read().decode("utf-8", "replace")[:500]))
+        return json.loads(raw) if raw.strip() else None
+
+    def esp_config(self):
+        """Config overrides pointing a list-sync worker at the started ESP
+        emulator (the password goes in the environment:
+        CRMSYNC_ESP_PASSWORD, see esp_env())."""
+        return {"esp.base_url": self.esp_base_url,
+                "esp.mandator_id": self.esp_mandator,
+                "esp.user": self.esp_user}
+
+    def esp_env(self, password=None):
+        """Environment for a list-sync worker: the ESP password."""
+        return {"CRMSYNC_ESP_PASSWORD": self.esp_password
+                if password is None else password}
+
     # -- workers ---------------------------------------------------------
 
     def worker_config(self, worker, overrides=None, **kw):
@@ -1287,3 +1355,27 @@ def sample_bounce_events(addresses, tenant_consents, per_key=4, seed=1,
     slots.sort(key=lambda s: s[0])
     return [e for _, e in slots], {"consent": consent_exp,
                                    "bounce": bounce_exp}
+
+
+# -- list-sync requests (crmsync.listsync.ListSyncRequest, schema id 4) ----
+
+def list_sync_request(event_id, tenant, crm_list_id, esp_list_id, consent_id,
+                      mode="FULL", requested_at=None, occurred_at=None,
+                      source_system="crmsync-test", key=None):
+    """One ListSyncRequest as crmsync-produce takes it (schema id 4).
+    requested_at / occurred_at default to now (ms); "__key" is the CRM list
+    id unless key is given."""
+    now = int(time.time() * 1000)
+    return {
+        "event_id": event_id,
+        "tenant": tenant,
+        "occurred_at": int(occurred_at if occurred_at is not None else now),
+        "source_system": source_system,
+        "crm_list_id": crm_list_id,
+        "esp_list_id": str(esp_list_id),
+        "consent_id": consent_id,
+        "mode": mode,
+        "requested_at": int(requested_at if requested_at is not None
+                            else now),
+        "__key": key if key is not None else crm_list_id,
+    }

@@ -243,9 +243,19 @@ static bool barrier(struct job *j)
         return false;
     }
     while (!atomic_load(&j->stop)) {
+        bool ours = true;
+        char lease_err[128];
         enum cs_err err =
             kafka_barrier_check(b, lc->barrier_topics, j->req.requested_at,
                                 &reached, &behind, errstr, sizeof(errstr));
+        /* Waiting is part of the job: keep the ESP list's lease. */
+        if (store_renew(&j->store, lc->lease_ms, "{\"phase\":\"barrier\"}",
+                        &ours, lease_err, sizeof(lease_err)) == CS_ERR_OK &&
+            !ours) {
+            fail(j, CS_ERR_IN_FLIGHT, "lease on the ESP list lost");
+            reached = false;
+            break;
+        }
         if (err == CS_ERR_OK && reached)
             break;
         if (now_ms() > deadline) {
@@ -566,7 +576,9 @@ static enum job_state refresh(struct job *j)
     enum job_state result = JOB_FAILED;
 
     if (!barrier(j))
-        return atomic_load(&j->stop) ? JOB_INTERRUPTED : JOB_FAILED;
+        return atomic_load(&j->stop)      ? JOB_INTERRUPTED
+               : cs_err_retryable(j->err) ? JOB_RETRY
+                                          : JOB_FAILED;
     select = listsync_mapping_select(j->env.map);
     if (select && lc->language_field[0]) {
         char *s2 = malloc(strlen(select) + strlen(lc->language_field) + 2);

@@ -10,13 +10,16 @@
 
 #include "workers/listsync/store.h"
 
-/* KEYS: job, lease. ARGV: owner, lease_ms. -> {code, attempt} */
+/* KEYS: job, lease, seen. ARGV: owner, lease_ms. -> {code, attempt}
+ * A (re)start forgets what an earlier attempt sent: the list is cleared
+ * and refilled from the beginning. */
 static const char BEGIN[] =
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
     "if st == 'done' or st == 'failed' then return {2, 0} end\n"
     "local holder = redis.call('GET', KEYS[2])\n"
     "if holder and holder ~= ARGV[1] then return {3, 0} end\n"
     "redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
+    "redis.call('DEL', KEYS[3])\n"
     "local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)\n"
     "redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1])\n"
     "if st == 'running' then return {1, n} end\n"
@@ -89,12 +92,12 @@ enum cs_err store_begin(struct store *s, int lease_ms, enum store_begin *out,
                         long *attempt, char *errstr, size_t errstr_size)
 {
     char ms[24];
-    const char *argv[] = {s->job_key, s->lease_key, s->owner, ms};
+    const char *argv[] = {s->job_key, s->lease_key, s->seen_key, s->owner, ms};
     redisReply *r = NULL;
     enum cs_err err;
 
     snprintf(ms, sizeof(ms), "%d", lease_ms);
-    err = eval(s, &s->begin, 2, 4, argv, &r, errstr, errstr_size);
+    err = eval(s, &s->begin, 3, 5, argv, &r, errstr, errstr_size);
     if (err)
         return err;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
