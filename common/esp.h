@@ -87,6 +87,11 @@ struct esp_ops {
                            const char *const *attr_names, size_t nattrs,
                            const struct esp_recipient *r, size_t n, int *codes,
                            char *errstr, size_t errstr_size);
+    /* remove(list, recipient id): *existed false when the service says the
+       recipient is not in the list (not an error). */
+    enum cs_err (*remove)(void *self, const char *list_id,
+                          const char *recipient_id, bool *existed, char *errstr,
+                          size_t errstr_size);
     /* Ends the session if there is one (an invalid-session fault counts as
        ended). CS_ERR_OK when nothing was open. */
     enum cs_err (*logout)(void *self);
@@ -146,6 +151,9 @@ enum cs_err esp_optimizely_build_login(const char *mandator_id,
 enum cs_err esp_optimizely_build_logout(const char *session_id, char **out);
 enum cs_err esp_optimizely_build_clear(const char *session_id,
                                        const char *list_id, char **out);
+enum cs_err esp_optimizely_build_remove(const char *session_id,
+                                        const char *list_id,
+                                        const char *recipient_id, char **out);
 /* add2 (single recipient; for the incremental mode). */
 enum cs_err
 esp_optimizely_build_add2(const char *session_id, const char *list_id,

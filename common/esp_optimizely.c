@@ -117,6 +117,20 @@ enum cs_err esp_optimizely_build_clear(const char *session_id,
     return detach(&b, out);
 }
 
+enum cs_err esp_optimizely_build_remove(const char *session_id,
+                                        const char *list_id,
+                                        const char *recipient_id, char **out)
+{
+    struct buf b = {0};
+
+    soap_begin(&b, NS_RECIPIENT, "remove");
+    soap_add_string(&b, "recipientListId", list_id);
+    soap_add_string(&b, "recipientId", recipient_id);
+    soap_add_string(&b, "sessionId", session_id);
+    soap_end(&b, "remove");
+    return detach(&b, out);
+}
+
 static const char *optin_or_zero(const char *optin)
 {
     return optin && *optin ? optin : "0";
@@ -474,6 +488,43 @@ static enum cs_err opt_clear(void *self, const char *list_id, char *errstr,
     return rc;
 }
 
+struct remove_ctx {
+    const char *list_id;
+    const char *recipient_id;
+};
+
+static enum cs_err build_remove(const char *sid, const void *ctx, char **out)
+{
+    const struct remove_ctx *c = ctx;
+
+    return esp_optimizely_build_remove(sid, c->list_id, c->recipient_id, out);
+}
+
+static enum cs_err opt_remove(void *self, const char *list_id,
+                              const char *recipient_id, bool *existed,
+                              char *errstr, size_t errstr_size)
+{
+    struct optimizely *o = self;
+    struct remove_ctx c = {list_id, recipient_id};
+    struct soap_response *sr = NULL;
+    enum cs_err rc;
+
+    *existed = true;
+    if (!is_decimal(list_id) || !recipient_id || !*recipient_id) {
+        snprintf(errstr, errstr_size, "remove: bad arguments");
+        return CS_ERR_INVALID_ARG;
+    }
+    rc = opt_call(o, o->recipient_url, "remove", build_remove, &c, &sr, errstr,
+                  errstr_size);
+    soap_response_free(sr);
+    /* "Recipient does not exist for call: ..." (recorded): nothing to do */
+    if (rc == CS_ERR_ESP_FAULT && contains_ci(errstr, "does not exist")) {
+        *existed = false;
+        return CS_ERR_OK;
+    }
+    return rc;
+}
+
 struct add_ctx {
     const char *list_id;
     const char *optin;
@@ -593,6 +644,7 @@ static void opt_free(void *self)
 }
 
 static const struct esp_ops optimizely_ops = {
+    .remove = opt_remove,
     .name = "optimizely",
     .clear = opt_clear,
     .add_all = opt_add_all,

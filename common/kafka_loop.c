@@ -433,6 +433,18 @@ static bool append_item(struct kafka_loop *kl, rd_kafka_message_t *rkm)
 }
 
 /* Decodes items not decoded yet; undecodable ones become DEAD or RETRY. */
+/* The reader schema for @p rkm's topic. */
+static const char *reader_of(const struct kafka_loop *kl,
+                             const rd_kafka_message_t *rkm)
+{
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+
+    for (size_t i = 0; i < kl->h.ntopic_schemas; i++)
+        if (strcmp(kl->h.topic_schemas[i].topic, topic) == 0)
+            return kl->h.topic_schemas[i].reader_schema;
+    return kl->h.reader_schema;
+}
+
 static void decode_items(struct kafka_loop *kl)
 {
     for (size_t i = 0; i < kl->n; i++) {
@@ -445,7 +457,7 @@ static void decode_items(struct kafka_loop *kl)
                          "empty message value (tombstone)");
             continue;
         }
-        err = avro_codec_decode(kl->codec, kl->h.reader_schema,
+        err = avro_codec_decode(kl->codec, reader_of(kl, it->rkm),
                                 it->rkm->payload, it->rkm->len, &it->value,
                                 &it->schema_id, it->reason, sizeof(it->reason));
         if (err == CS_ERR_OK) {

@@ -75,9 +75,19 @@ struct kl_item {
     int attempts;            /* handler attempts so far */
 };
 
+/* A topic whose messages are read with another reader schema. */
+struct kl_topic_schema {
+    const char *topic;         /* borrowed */
+    const char *reader_schema; /* full Avro name (borrowed) */
+};
+
 /* A worker plugs in here. Callbacks run on the loop's thread. */
 struct kl_handler {
     const char *reader_schema; /* full Avro name the worker reads */
+    /* Optional per-topic readers (e.g. list-sync's membership events);
+       topics not listed use reader_schema. */
+    const struct kl_topic_schema *topic_schemas;
+    size_t ntopic_schemas;
     /* Handles items[0..n) (state KL_PENDING, decoded). Must leave each item
      * in DONE, SKIPPED, DUPLICATE, DEAD (with err + reason) or RETRY. */
     void (*process)(void *ctx, struct kl_item **items, size_t n);

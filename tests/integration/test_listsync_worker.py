@@ -339,6 +339,8 @@ def decode_bounce(st, value):
 
 def ls_config(st, **extra):
     cfg = {"consumer.batch_max_ms": 50,
+           "consumer.topics":
+               "crmsync.listsync.requests,crmsync.listsync.membership",
            "consumer.retry_backoff_max_ms": 1000,
            "listsync.lease_ms": 5000,
            "listsync.barrier_timeout_s": 30,
@@ -695,6 +697,78 @@ def test_dedupe():
     filtered(s)
 
 
+def membership(st, tenant, lid, change, entity, rid=None, email=None):
+    """Produces one ListMembershipChange (schema id 5)."""
+    now = int(time.time() * 1000)
+    st.produce("crmsync.listsync.membership", [{
+        "event_id": nid("mem"), "tenant": tenant, "occurred_at": now,
+        "source_system": "crmsync-test",
+        "recipient": {"entity_type": entity, "entity_id": rid,
+                      "email": email},
+        "crm_list_id": lid, "change": change, "__key": lid}], schema_id=5)
+
+
+def wait_membership(st, what, predicate, timeout=30):
+    st.wait_lag_zero("crmsync-listsync", "crmsync.listsync.membership",
+                     timeout=timeout)
+    Stack.wait_for(predicate, timeout=timeout, what=what)
+
+
+def test_incremental_membership():
+    """An INCREMENTAL request runs a full refresh and registers the list;
+    then ADDED / DATA_CHANGED / REMOVED events update single recipients
+    after the same filters (an opted-out member is taken off the list);
+    events of lists not registered are skipped."""
+    st = shared()
+    d = "@incr.example.org"
+    ids = seed_records(st, "contact", [
+        {"emailaddress1": "a" + d, "firstname": "Ann"},
+        {"emailaddress1": "b" + d, "firstname": "Ben"}])
+    lid = new_list(st, "contact", "Incremental list", ids)
+    e = Esp.new()
+    r = request(st, "tenant-c", lid, e, P_NONR, mode="INCREMENTAL")
+    assert wait_job(st, "tenant-c", r)["state"] == "done"
+    assert set(esp_list(st, e)) == {"a" + d, "b" + d}
+    assert st.redis("HGET", "cs:ls:inc:tenant-c|%s" % lid, "esp") == \
+        str(e).encode()
+    clears = calls(st, "RpcRecipient.clear")
+
+    # ADDED: a new member appears without a refresh
+    (cid,) = seed_records(st, "contact", [
+        {"emailaddress1": "C" + d.upper(), "firstname": "Cy"}])
+    add_members(st, lid, [cid])
+    membership(st, "tenant-c", lid, "ADDED", "contact", cid, "c" + d)
+    wait_membership(st, "c added", lambda: "c" + d in esp_list(st, e))
+    assert esp_list(st, e)["c" + d]["attributes"]["entity-id"] == cid
+
+    # DATA_CHANGED: the attributes are replaced
+    seed_records(st, "contact", [
+        {"id": ids[0], "emailaddress1": "a" + d, "firstname": "Anna"}])
+    membership(st, "tenant-c", lid, "DATA_CHANGED", "contact", ids[0],
+               "a" + d)
+    wait_membership(st, "a renamed", lambda: esp_list(st, e).get(
+        "a" + d, {}).get("attributes", {}).get("firstname") == "Anna")
+
+    # DATA_CHANGED to opted out: taken off the list
+    consent(st, "b" + d, P_NONR, OPTED_OUT)
+    membership(st, "tenant-c", lid, "DATA_CHANGED", "contact", ids[1],
+               "b" + d)
+    wait_membership(st, "b removed", lambda: "b" + d not in esp_list(st, e))
+
+    # REMOVED
+    membership(st, "tenant-c", lid, "REMOVED", "contact", cid, "c" + d)
+    wait_membership(st, "c removed", lambda: "c" + d not in esp_list(st, e))
+    assert set(esp_list(st, e)) == {"a" + d}
+
+    # a list nobody registered: skipped, nothing written
+    other = new_list(st, "contact", "Not incremental", [])
+    membership(st, "tenant-c", other, "ADDED", "contact", cid, "c" + d)
+    st.wait_lag_zero("crmsync-listsync", "crmsync.listsync.membership",
+                     timeout=30)
+    assert set(esp_list(st, e)) == {"a" + d}
+    assert calls(st, "RpcRecipient.clear") == clears, "no refresh"
+
+
 def test_refusal_codes_fed_back():
     """Recipients the ESP refuses (unsubscribed, blacklisted, bounce-
     overflowed, filtered) are counted by code; 2/3 come back as
@@ -911,6 +985,7 @@ TESTS = [
     test_sigkill_restart_and_duplicate,
     test_esp_outage_and_bad_password,
     test_barrier_timeout,
+    test_incremental_membership,
 ]
 
 

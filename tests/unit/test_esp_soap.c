@@ -167,6 +167,21 @@ static void test_build_add2_golden(void **state)
     free(want);
 }
 
+static void test_build_remove_golden(void **state)
+{
+    char *want =
+        golden_or_skip("recipient_remove/03-RpcRecipient.remove/request.xml");
+    char *got = NULL;
+
+    (void)state;
+    assert_int_equal(esp_optimizely_build_remove("d4f9384a6c11054a",
+                                                 "120199092218", "2", &got),
+                     CS_ERR_OK);
+    assert_string_equal(got, want);
+    free(got);
+    free(want);
+}
+
 #define REQ_HEAD(svc)                                                          \
     "<?xml version=\"1.0\" encoding=\"UTF-8\"?><env:Envelope "                 \
     "xmlns:xsd=\"http://www.w3.org/2001/XMLSchema\" "                          \
@@ -637,6 +652,7 @@ int main(void)
         cmocka_unit_test(test_build_login_golden),
         cmocka_unit_test(test_build_logout_golden),
         cmocka_unit_test(test_build_add2_golden),
+        cmocka_unit_test(test_build_remove_golden),
         cmocka_unit_test(test_build_clear_and_add_all3),
         cmocka_unit_test(test_parse_login_golden),
         cmocka_unit_test(test_parse_logout_golden),

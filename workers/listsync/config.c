@@ -60,6 +60,10 @@ const struct config_field listsync_config_fields[] = {
     {"listsync.feedback_topic", NULL, CONFIG_STRING, LC(feedback_topic),
      "crmsync.bounce.events", 0, 0, 0, NULL,
      "topic receiving opt-outs / outbounces for recipients the ESP refused"},
+    {"listsync.membership_topic", NULL, CONFIG_STRING, LC(membership_topic),
+     "crmsync.listsync.membership", 0, 0, 0, NULL,
+     "topic of list-membership change events (incremental mode; also list "
+     "it in consumer.topics)"},
     {"listsync.lease_ms", NULL, CONFIG_INT, LC(lease_ms), "60000", 5000,
      3600000, 0, NULL,
      "lease on an ESP list while a job runs (renewed every page); a job "

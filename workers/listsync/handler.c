@@ -11,13 +11,15 @@
 #include "common/redis_conn.h"
 #include "common/runtime.h"
 #include "workers/listsync/handler.h"
+#include "workers/listsync/incremental.h"
 
 #define POLL_MS 1000 /* how often a running job is looked at */
 
 struct listsync_handler {
-    struct job_env env; /* borrowed pointers */
-    struct runtime *rt; /* borrowed */
-    struct job *job;    /* owned: the running (or just ended) job */
+    struct job_env env;      /* borrowed pointers */
+    struct runtime *rt;      /* borrowed */
+    struct job *job;         /* owned: the running (or just ended) job */
+    struct incremental *inc; /* owned, opened on the first membership event */
 };
 
 struct listsync_handler *listsync_handler_new(const struct job_env *env,
@@ -39,6 +41,7 @@ void listsync_handler_free(struct listsync_handler *h)
     if (!h)
         return;
     job_free(h->job);
+    incremental_free(h->inc);
     free(h);
 }
 
@@ -82,6 +85,17 @@ void listsync_handler_process(void *ctx, struct kl_item **items, size_t n)
         struct listsync_request req;
         char errstr[256];
 
+        if (strcmp(rd_kafka_topic_name(it->rkm->rkt),
+                   h->env.lc->membership_topic) == 0) {
+            if (!h->inc)
+                h->inc =
+                    incremental_new(&h->env, h->rt, errstr, sizeof(errstr));
+            if (h->inc)
+                incremental_process(h->inc, it);
+            else
+                kl_item_fail(it, KL_RETRY, CS_ERR_CONFIG, "%s", errstr);
+            continue;
+        }
         if (listsync_request_read(&it->value, &req, it->reason,
                                   sizeof(it->reason)) != CS_ERR_OK) {
             it->state = KL_DEAD;

@@ -311,44 +311,16 @@ static enum cs_err send_batch(struct job *j, const char *const *names,
 static void feedback(struct job *j, const char *email, const char *entity,
                      const char *id, int code)
 {
-    char eid[200];
-    json_t *ev;
-    avro_value_t v;
-    void *buf = NULL;
-    size_t len = 0;
     char errstr[256];
 
-    snprintf(eid, sizeof(eid), "listsync|%s|%s|%s|%d", j->req.event_id,
-             j->req.esp_list, email, code);
-    ev = json_pack(
-        "{s:s,s:s,s:I,s:s,s:{s:s,s:s,s:s},s:s,s:s,s:s,s:n,s:s,s:s,s:n,"
-        "s:n,s:n}",
-        "event_id", eid, "tenant", j->req.tenant, "occurred_at",
-        (json_int_t)now_ms(), "source_system", "crmsync-listsync", "recipient",
-        "entity_type", entity, "entity_id", id, "email", email, "kind",
-        code == ESP_ADD_BOUNCE_OVERFLOWED ? "OUTBOUNCE" : "UNSUBSCRIBE",
-        "scope", "CONSENT", "consent_id", j->req.consent_id, "topic_id",
-        "source", "ESP", "reason",
-        code == ESP_ADD_BLACKLISTED    ? "blacklisted in the ESP"
-        : code == ESP_ADD_UNSUBSCRIBED ? "unsubscribed in the ESP"
-                                       : "bounce-overflowed in the ESP",
-        "bounce_type", "smtp_status", "mailing_id");
-    if (!ev)
-        return;
-    if (avro_codec_from_json(j->codec, LISTSYNC_BOUNCE_SCHEMA_ID, ev, &v,
-                             errstr, sizeof(errstr)) == CS_ERR_OK) {
-        if (avro_codec_encode(j->codec, LISTSYNC_BOUNCE_SCHEMA_ID, &v, &buf,
-                              &len, errstr, sizeof(errstr)) == CS_ERR_OK &&
-            producer_send(j->producer, j->env.lc->feedback_topic, email,
-                          strlen(email), buf, len) == CS_ERR_OK)
-            j->c.feedback++;
-        avro_value_decref(&v);
-    }
-    if (!buf)
+    if (listsync_feedback(j->codec, j->producer, j->env.lc->feedback_topic,
+                          j->req.tenant, j->req.consent_id, j->req.event_id,
+                          j->req.esp_list, email, entity, id, code, errstr,
+                          sizeof(errstr)))
+        j->c.feedback++;
+    else
         LOG_WARN("job %s: feedback event not produced: %s", j->req.event_id,
                  errstr);
-    free(buf);
-    json_decref(ev);
 }
 
 /* Per-page scratch. */
@@ -448,7 +420,7 @@ static bool filter_page(struct job *j, json_t *rows, struct page *p, int model)
     }
     p->n = k;
     err = store_page(&j->store, j->req.tenant, j->req.consent_id, p->emails,
-                     p->n, p->pc, errstr, sizeof(errstr));
+                     p->n, true, p->pc, errstr, sizeof(errstr));
     if (err) {
         fail(j, err, "redis: %s", errstr);
         return false;
@@ -687,6 +659,18 @@ static void *run(void *arg)
         snprintf(j->reason, sizeof(j->reason), "%s",
                  j->restarted ? "restarted after interruption" : "");
         report(j, "done", true);
+        if (j->req.incremental) {
+            /* From now on membership events keep this list up to date. */
+            struct store_registration reg = {.set = j->meta.set};
+            snprintf(reg.esp_list, sizeof(reg.esp_list), "%s", j->req.esp_list);
+            snprintf(reg.consent, sizeof(reg.consent), "%s", j->req.consent_id);
+            snprintf(reg.name, sizeof(reg.name), "%s", j->meta.name);
+            if (store_register(j->redis, j->req.tenant, j->req.list_id, &reg,
+                               errstr, sizeof(errstr)) != CS_ERR_OK)
+                LOG_WARN("job %s: list not registered for incremental "
+                         "updates: %s",
+                         j->req.event_id, errstr);
+        }
     } else if (st == JOB_FAILED) {
         report(j, "failed", true);
     } else if (st == JOB_RETRY) {

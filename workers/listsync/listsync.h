@@ -25,9 +25,11 @@
 #include "common/config.h"
 #include "common/err.h"
 
-#define LISTSYNC_TOPIC_DEFAULT    "crmsync.listsync.requests"
-#define LISTSYNC_READER_SCHEMA    "crmsync.listsync.ListSyncRequest"
-#define LISTSYNC_BOUNCE_SCHEMA_ID 3
+#define LISTSYNC_TOPIC_DEFAULT                                                 \
+    "crmsync.listsync.requests,crmsync.listsync.membership"
+#define LISTSYNC_MEMBERSHIP_SCHEMA "crmsync.listsync.ListMembershipChange"
+#define LISTSYNC_READER_SCHEMA     "crmsync.listsync.ListSyncRequest"
+#define LISTSYNC_BOUNCE_SCHEMA_ID  3
 
 /* ---- settings (config.c) ---- */
 
@@ -37,36 +39,37 @@ struct listsync_tenant {    /* per tenant (tenants.<name>.<setting>) */
 };
 
 struct listsync_config {
-    char *barrier_group;   /* listsync.barrier_group */
-    char *barrier_topics;  /* listsync.barrier_topics */
-    int barrier_timeout_s; /* listsync.barrier_timeout_s */
-    int page_size;         /* listsync.page_size */
-    char *mapping;         /* listsync.mapping */
-    char *labels;          /* listsync.labels */
-    char *language_field;  /* listsync.language_field */
-    char *multi_separator; /* listsync.multi_separator */
-    char *status_field;    /* listsync.status_field */
-    char *synced_field;    /* listsync.synced_field */
-    char *results_topic;   /* listsync.results_topic */
-    char *feedback_topic;  /* listsync.feedback_topic */
-    int lease_ms;          /* listsync.lease_ms */
-    int job_ttl_days;      /* listsync.job_ttl_days */
-    char *history_set;     /* history.entity_set */
-    char *history_optin;   /* history.optin_field */
-    char *history_time;    /* history.time_field */
-    char *history_consent; /* history.consent_field */
-    char *history_contact; /* history.contact_field */
-    char *history_account; /* history.account_field */
-    char *history_lead;    /* history.lead_field */
-    char *esp_kind;        /* esp.kind */
-    char *esp_base_url;    /* esp.base_url */
-    char *esp_mandator;    /* esp.mandator_id */
-    char *esp_user;        /* esp.user */
-    char *esp_password;    /* esp.password (secret) */
-    char *esp_optin;       /* esp.optin_process_id */
-    int esp_batch_size;    /* esp.batch_size */
-    int esp_timeout_ms;    /* esp.timeout_ms */
-    int esp_max_retries;   /* esp.max_retries */
+    char *barrier_group;    /* listsync.barrier_group */
+    char *barrier_topics;   /* listsync.barrier_topics */
+    int barrier_timeout_s;  /* listsync.barrier_timeout_s */
+    int page_size;          /* listsync.page_size */
+    char *mapping;          /* listsync.mapping */
+    char *labels;           /* listsync.labels */
+    char *language_field;   /* listsync.language_field */
+    char *multi_separator;  /* listsync.multi_separator */
+    char *status_field;     /* listsync.status_field */
+    char *synced_field;     /* listsync.synced_field */
+    char *results_topic;    /* listsync.results_topic */
+    char *feedback_topic;   /* listsync.feedback_topic */
+    char *membership_topic; /* listsync.membership_topic */
+    int lease_ms;           /* listsync.lease_ms */
+    int job_ttl_days;       /* listsync.job_ttl_days */
+    char *history_set;      /* history.entity_set */
+    char *history_optin;    /* history.optin_field */
+    char *history_time;     /* history.time_field */
+    char *history_consent;  /* history.consent_field */
+    char *history_contact;  /* history.contact_field */
+    char *history_account;  /* history.account_field */
+    char *history_lead;     /* history.lead_field */
+    char *esp_kind;         /* esp.kind */
+    char *esp_base_url;     /* esp.base_url */
+    char *esp_mandator;     /* esp.mandator_id */
+    char *esp_user;         /* esp.user */
+    char *esp_password;     /* esp.password (secret) */
+    char *esp_optin;        /* esp.optin_process_id */
+    int esp_batch_size;     /* esp.batch_size */
+    int esp_timeout_ms;     /* esp.timeout_ms */
+    int esp_max_retries;    /* esp.max_retries */
 };
 
 extern const struct config_field listsync_tenant_fields[];
@@ -146,5 +149,23 @@ void listsync_values_free(char **v, size_t n);
 const char *listsync_label(const char *labels, const char *lang,
                            const char *column, const char *value, char *buf,
                            size_t size);
+
+/* ---- feedback (feedback.c) ---- */
+
+struct avro_codec;
+struct producer;
+
+/**
+ * @brief Produces the BounceEvent for a recipient the ESP refused with
+ *        @p code (2, 3 or 4) to @p topic.
+ * @param tag the job's request id (part of the event id).
+ * @returns true when queued (delivery is confirmed by producer_flush).
+ */
+bool listsync_feedback(struct avro_codec *codec, struct producer *producer,
+                       const char *topic, const char *tenant,
+                       const char *consent, const char *tag,
+                       const char *esp_list, const char *email,
+                       const char *entity, const char *id, int code,
+                       char *errstr, size_t errstr_size);
 
 #endif

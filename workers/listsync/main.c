@@ -62,8 +62,13 @@ int main(int argc, char **argv)
         LOG_ERROR("startup failed: %s", errstr);
         goto out_close_runtime;
     }
+    struct kl_topic_schema readers[] = {
+        {lcfg.membership_topic, LISTSYNC_MEMBERSHIP_SCHEMA},
+    };
     struct kl_handler kh = {
         .reader_schema = LISTSYNC_READER_SCHEMA,
+        .topic_schemas = readers,
+        .ntopic_schemas = 1,
         .process = listsync_handler_process,
         .abandon = listsync_handler_abandon,
         .healthy = listsync_handler_healthy,

@@ -52,10 +52,11 @@ static const char PAGE[] =
     "  if redis.call('SISMEMBER', KEYS[1], e) == 1 then out[#out+1] = 1\n"
     "  elseif redis.call('SISMEMBER', KEYS[2], e) == 1 or\n"
     "         redis.call('SISMEMBER', KEYS[3], e) == 1 then out[#out+1] = 2\n"
-    "  elseif redis.call('SADD', KEYS[4], e) == 0 then out[#out+1] = 3\n"
+    "  elseif ARGV[1] ~= '0' and redis.call('SADD', KEYS[4], e) == 0 then\n"
+    "    out[#out+1] = 3\n"
     "  else out[#out+1] = 0 end\n"
     "end\n"
-    "redis.call('PEXPIRE', KEYS[4], ARGV[1])\n"
+    "if ARGV[1] ~= '0' then redis.call('PEXPIRE', KEYS[4], ARGV[1]) end\n"
     "return out\n";
 
 void store_init(struct store *s, struct redis_conn *rc, const char *tenant,
@@ -146,8 +147,8 @@ enum cs_err store_end(struct store *s, const char *state, const char *status,
 }
 
 enum cs_err store_page(struct store *s, const char *tenant, const char *consent,
-                       const char *const *emails, size_t n, enum page_code *out,
-                       char *errstr, size_t errstr_size)
+                       const char *const *emails, size_t n, bool dedupe,
+                       enum page_code *out, char *errstr, size_t errstr_size)
 {
     char sup_x[300], sup_c[400];
     const char **argv = calloc(n + 5, sizeof(*argv));
@@ -162,7 +163,7 @@ enum cs_err store_page(struct store *s, const char *tenant, const char *consent,
     argv[1] = sup_x;
     argv[2] = sup_c;
     argv[3] = s->seen_key;
-    argv[4] = "86400000";
+    argv[4] = dedupe ? "86400000" : "0";
     for (size_t i = 0; i < n; i++)
         argv[5 + i] = emails[i];
     err = eval(s, &s->page, 4, (int)n + 5, argv, &r, errstr, errstr_size);
@@ -176,6 +177,83 @@ enum cs_err store_page(struct store *s, const char *tenant, const char *consent,
     }
     for (size_t i = 0; i < n; i++)
         out[i] = (enum page_code)r->element[i]->integer;
+    freeReplyObject(r);
+    return CS_ERR_OK;
+}
+
+/* KEYS: registration. ARGV: esp_list, consent, list name, list set. */
+static const char REGISTER[] =
+    "redis.call('HSET', KEYS[1], 'esp', ARGV[1], 'consent', ARGV[2], "
+    "'name', ARGV[3], 'set', ARGV[4])\n"
+    "return 1\n";
+
+/* KEYS: registration -> {esp, consent, name, set} or empty */
+static const char LOOKUP[] =
+    "return redis.call('HMGET', KEYS[1], 'esp', 'consent', 'name', 'set')\n";
+
+static void inc_key(char *buf, size_t size, const char *tenant,
+                    const char *list_id)
+{
+    snprintf(buf, size, "cs:ls:inc:%s|%s", tenant, list_id);
+}
+
+enum cs_err store_register(struct redis_conn *rc, const char *tenant,
+                           const char *list_id,
+                           const struct store_registration *reg, char *errstr,
+                           size_t errstr_size)
+{
+    struct redis_script sc;
+    char key[512];
+    char set[8];
+    const char *argv[5];
+    redisReply *r = NULL;
+    enum cs_err err;
+
+    redis_script_init(&sc, REGISTER);
+    inc_key(key, sizeof(key), tenant, list_id);
+    snprintf(set, sizeof(set), "%d", reg->set);
+    argv[0] = key;
+    argv[1] = reg->esp_list;
+    argv[2] = reg->consent;
+    argv[3] = reg->name;
+    argv[4] = set;
+    err = redis_conn_eval(rc, &sc, 1, 5, argv, NULL, &r, errstr, errstr_size);
+    if (r)
+        freeReplyObject(r);
+    return err;
+}
+
+enum cs_err store_lookup(struct redis_conn *rc, const char *tenant,
+                         const char *list_id, struct store_registration *reg,
+                         bool *found, char *errstr, size_t errstr_size)
+{
+    struct redis_script sc;
+    char key[512];
+    const char *argv[1] = {key};
+    redisReply *r = NULL;
+    enum cs_err err;
+
+    *found = false;
+    redis_script_init(&sc, LOOKUP);
+    inc_key(key, sizeof(key), tenant, list_id);
+    err = redis_conn_eval(rc, &sc, 1, 1, argv, NULL, &r, errstr, errstr_size);
+    if (err)
+        return err;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+        r->element[0]->type == REDIS_REPLY_STRING) {
+        snprintf(reg->esp_list, sizeof(reg->esp_list), "%s",
+                 r->element[0]->str);
+        snprintf(reg->consent, sizeof(reg->consent), "%s",
+                 r->element[1]->type == REDIS_REPLY_STRING ? r->element[1]->str
+                                                           : "");
+        snprintf(reg->name, sizeof(reg->name), "%s",
+                 r->element[2]->type == REDIS_REPLY_STRING ? r->element[2]->str
+                                                           : "");
+        reg->set = r->element[3]->type == REDIS_REPLY_STRING
+                       ? (int)strtol(r->element[3]->str, NULL, 10)
+                       : 0;
+        *found = true;
+    }
     freeReplyObject(r);
     return CS_ERR_OK;
 }

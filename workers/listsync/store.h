@@ -58,10 +58,29 @@ enum cs_err store_end(struct store *s, const char *state, const char *status,
 /**
  * @brief For each address: outbounced (cs:sup:b), suppressed
  *        (cs:sup:x:<tenant>, cs:sup:c:<tenant>|<consent>), already sent in
- *        this job (dedupe), else OK (and now remembered as sent).
+ *        this job (only with @p dedupe), else OK (and, with @p dedupe, now
+ *        remembered as sent).
  */
 enum cs_err store_page(struct store *s, const char *tenant, const char *consent,
-                       const char *const *emails, size_t n, enum page_code *out,
-                       char *errstr, size_t errstr_size);
+                       const char *const *emails, size_t n, bool dedupe,
+                       enum page_code *out, char *errstr, size_t errstr_size);
+
+/* A list synchronised incrementally (cs:ls:inc:<tenant>|<crm list>),
+ * registered by a finished INCREMENTAL request. */
+struct store_registration {
+    char esp_list[32];
+    char consent[40];
+    char name[256];
+    int set; /* 0 contacts, 1 accounts, 2 leads */
+};
+
+enum cs_err store_register(struct redis_conn *rc, const char *tenant,
+                           const char *list_id,
+                           const struct store_registration *reg, char *errstr,
+                           size_t errstr_size);
+/** @brief *found false when the list is not registered. */
+enum cs_err store_lookup(struct redis_conn *rc, const char *tenant,
+                         const char *list_id, struct store_registration *reg,
+                         bool *found, char *errstr, size_t errstr_size);
 
 #endif
