@@ -769,6 +769,39 @@ def test_incremental_membership():
     assert calls(st, "RpcRecipient.clear") == clears, "no refresh"
 
 
+def test_dynamic_list():
+    """A dynamic list's members come from its FetchXML, paged with paging
+    cookies; the columns the job needs are added to the query."""
+    st = shared()
+    d = "@dynamic.example.org"
+    seed_records(st, "contact", [
+        {"emailaddress1": "m%d%s" % (i, d), "lastname": "Dyn",
+         "firstname": "D%d" % i, "statecode": 1 if i == 3 else 0}
+        for i in range(12)] + [
+        {"emailaddress1": "other" + d, "lastname": "Static"}])
+    lid = str(uuid.uuid4())
+    st.dv_admin("POST", "/_admin/records/lists", {
+        "listid": lid, "listname": "Dynamic list", "createdfromcode": 2,
+        "type": True, "query":
+            '<fetch><entity name="contact"><attribute name="contactid" />'
+            '<filter><condition attribute="lastname" operator="eq" '
+            'value="Dyn" /></filter></entity></fetch>'})
+    e = Esp.new()
+    start_ls(**{"listsync.page_size": 10})  # two pages: a paging cookie
+    try:
+        r = request(st, "tenant-c", lid, e, P_DIS)
+        assert wait_job(st, "tenant-c", r)["state"] == "done"
+    finally:
+        start_ls()
+    got = esp_list(st, e)
+    want = {"m%d%s" % (i, d) for i in range(12) if i != 3}
+    assert set(got) == want, sorted(set(got) ^ want)
+    assert got["m5" + d]["attributes"]["firstname"] == "D5", got["m5" + d]
+    s = check_status(st, lid, r)
+    assert s["read"] == 12 and s["sent"] == 11, s
+    filtered(s, inactive=1)
+
+
 def test_refusal_codes_fed_back():
     """Recipients the ESP refuses (unsubscribed, blacklisted, bounce-
     overflowed, filtered) are counted by code; 2/3 come back as
@@ -986,6 +1019,7 @@ TESTS = [
     test_esp_outage_and_bad_password,
     test_barrier_timeout,
     test_incremental_membership,
+    test_dynamic_list,
 ]
 
 

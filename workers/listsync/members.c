@@ -11,6 +11,10 @@
 
 #define FORMATTED_PREFER                                                       \
     "odata.include-annotations=\"OData.Community.Display.V1.FormattedValue\""
+#define FETCH_PREFER                                                           \
+    "odata.include-annotations=\"OData.Community.Display.V1.FormattedValue,"   \
+    "Microsoft.Dynamics.CRM.fetchxmlpagingcookie,"                             \
+    "Microsoft.Dynamics.CRM.morerecords\""
 #define COOKIE_ANN "@Microsoft.Dynamics.CRM.fetchxmlpagingcookie"
 #define MORE_ANN   "@Microsoft.Dynamics.CRM.morerecords"
 
@@ -23,7 +27,7 @@ static const char *const assoc[3] = {"listcontact_association",
 
 struct members {
     struct crm *crm; /* borrowed */
-    char prefer[200];
+    char prefer[300];
     char *next;   /* static: next URL/path; NULL at the end */
     char *fetch;  /* dynamic: the FetchXML (without paging attributes) */
     int page;     /* dynamic: next page number */
@@ -38,6 +42,43 @@ struct members {
 static int set_of_code(long code)
 {
     return code == 1 ? 1 : code == 4 ? 2 : 0; /* 2 = contact */
+}
+
+/* Adds <attribute name="..."/> for the columns the job needs (the id,
+ * emailaddress1, statecode and the mapped ones) to the list's FetchXML
+ * entity unless it already names them or asks for all attributes. */
+static char *fetch_with_columns(const char *query, const char *key,
+                                const char *select)
+{
+    const char *ent = strstr(query, "<entity");
+    const char *open_end = ent ? strchr(ent, '>') : NULL;
+    struct buf cols = {0};
+    struct buf b = {0};
+    char *list;
+    char *save = NULL;
+
+    if (!open_end || open_end[-1] == '/' || strstr(query, "<all-attributes"))
+        return strdup(query);
+    buf_appendf(&cols, "%s,emailaddress1,statecode%s%s", key,
+                select && *select ? "," : "", select ? select : "");
+    list = buf_detach(&cols);
+    buf_append(&b, query, (size_t)(open_end - query) + 1);
+    for (char *c = list ? strtok_r(list, ",", &save) : NULL; c;
+         c = strtok_r(NULL, ",", &save)) {
+        char needle[160];
+        size_t len = strlen(c);
+        /* FetchXML names a lookup by its logical name: _x_value -> x */
+        if (c[0] == '_' && len > 7 && strcmp(c + len - 6, "_value") == 0) {
+            c[len - 6] = '\0';
+            c++;
+        }
+        snprintf(needle, sizeof(needle), "name=\"%s\"", c);
+        if (!strstr(query, needle))
+            buf_appendf(&b, "<attribute name=\"%s\" />", c);
+    }
+    free(list);
+    buf_appends(&b, open_end + 1);
+    return buf_detach(&b);
 }
 
 struct members *members_open(struct crm *crm, const char *list_id,
@@ -76,8 +117,9 @@ struct members *members_open(struct crm *crm, const char *list_id,
     meta->membercount = json_is_integer(mc) ? (long)json_integer_value(mc) : -1;
     r->set = meta->set;
     r->dynamic = meta->dynamic;
+    /* Paging cookie and "more records" come only when asked for. */
     snprintf(r->prefer, sizeof(r->prefer), "odata.maxpagesize=%d,%s", page_size,
-             FORMATTED_PREFER);
+             r->dynamic ? FETCH_PREFER : FORMATTED_PREFER);
     if (r->dynamic) {
         query = json_string_value(json_object_get(list, "query"));
         if (!query || !strstr(query, "<fetch")) {
@@ -86,7 +128,7 @@ struct members *members_open(struct crm *crm, const char *list_id,
             *err = CS_ERR_HTTP_CLIENT;
             goto out_fail;
         }
-        r->fetch = strdup(query);
+        r->fetch = fetch_with_columns(query, members_keys[r->set], select);
     } else {
         struct buf b = {0};
         buf_appendf(&b, "lists(%s)/%s?$select=%s,emailaddress1,statecode%s%s",
