@@ -1,14 +1,18 @@
 /*
- * esp - the connector interface between the list-sync worker and an email
- * service provider (ESP).
+ * esp - the connector interface between the workers and an email service
+ * provider (ESP): the list-sync worker's recipient lists and the trigger
+ * worker's transactional (event) mails.
  *
- * The worker refreshes one ESP recipient list at a time: clear() it, then
- * add_all() the members in batches (per-recipient result codes out), then
- * logout(). Nothing ESP-specific leaks out of this header: a connector is a
- * vtable plus its private state (like crm.h), and esp_new() picks one by
- * `kind`. Today there is one: "optimizely" (esp_optimizely.c, Optimizely
- * Campaign's SOAP 1.1 RPC/encoded API: RpcSession login/logout,
- * RpcRecipient clear/addAll3; request/response XML in soap.c).
+ * The list-sync worker refreshes one ESP recipient list at a time: clear()
+ * it, then add_all() the members in batches (per-recipient result codes
+ * out), then logout(). The trigger worker sends one event mailing to one
+ * recipient with send_mail() (adding the recipient to the list first when
+ * the service does not know it). Nothing ESP-specific leaks out of this
+ * header: a connector is a vtable plus its private state (like crm.h), and
+ * esp_new() picks one by `kind`. Today there is one: "optimizely"
+ * (esp_optimizely.c, Optimizely Campaign's SOAP 1.1 RPC/encoded API:
+ * RpcSession login/logout, RpcRecipient clear/addAll3/add2/remove,
+ * RpcMailing sendMail; request/response XML in soap.c).
  *
  * Sessions: the connector logs in lazily on the first call and reuses the
  * session; when the service says the session is invalid (expired after 20
@@ -25,10 +29,10 @@
  *                              after the inline retries of http_opts
  *                              (retryable: try the job later);
  *   CS_ERR_ESP_FAULT           any other SOAP fault (bad credentials,
- *                              unknown list, invalid session twice, ...),
- *                              an HTTP 4xx without a fault, an answer of the
- *                              wrong shape; errstr has the faultstring with
- *                              echoed credentials removed;
+ *                              unknown list or mailing, invalid session
+ *                              twice, ...), an HTTP 4xx without a fault, an
+ *                              answer of the wrong shape; errstr has the
+ *                              faultstring with echoed credentials removed;
  *   CS_ERR_INVALID_ARG, CS_ERR_NOMEM.
  * The password (and the session id) never appear in errstr or logs.
  *
@@ -40,7 +44,7 @@
  *
  * Ownership: an esp owns its HTTP client and session; strings in
  * esp_options are copied. Recipient data passed to add_all is borrowed for
- * the call.
+ * the call; so are the ids and address passed to send_mail.
  * Thread-safety: one struct esp is used by one thread at a time.
  */
 #ifndef CRMSYNC_ESP_H
@@ -64,6 +68,18 @@ enum esp_add_code {
     ESP_ADD_ALREADY_IN_LIST = 5,
     ESP_ADD_FILTERED = 6,
     ESP_ADD_GENERAL_ERROR = 7, /* also any code outside 0..7 */
+};
+
+/** Result of MailingWebservice.sendMail (send_mail's *code). */
+enum esp_send_code {
+    ESP_SEND_SPOOLED = 0,           /* the mail has been spooled (async) */
+    ESP_SEND_BLACKLISTED = 1,       /* the recipient is blocked */
+    ESP_SEND_UNSUBSCRIBED = 2,      /* the recipient is unsubscribed */
+    ESP_SEND_NOT_FOUND = 3,         /* the recipient is not in the list */
+    ESP_SEND_LIST_INVALID = 4,      /* list not assigned to the mailing */
+    ESP_SEND_TARGET_GROUP = 5,      /* blocked by the mailing's target group */
+    ESP_SEND_BOUNCE_OVERFLOWED = 6, /* too many bounces */
+    ESP_SEND_OTHER = 7,             /* any code outside 0..6 */
 };
 
 struct esp_recipient {
@@ -92,6 +108,17 @@ struct esp_ops {
     enum cs_err (*remove)(void *self, const char *list_id,
                           const char *recipient_id, bool *existed, char *errstr,
                           size_t errstr_size);
+    /* sendMail(mailing_id, list_id, recipient_id) of an event-type mailing
+       (decimal mailing and list ids; the mail is spooled asynchronously).
+       When the answer is ESP_SEND_NOT_FOUND and email is not NULL, the
+       recipient is added to list_id first (add2, opt-in process "0", no
+       attributes) and sendMail is sent once more, whatever add2 answered.
+       *code (enum esp_send_code) is the last sendMail answer, written only
+       on CS_ERR_OK; a fault of the add2 step is returned as such. */
+    enum cs_err (*send_mail)(void *self, const char *mailing_id,
+                             const char *list_id, const char *recipient_id,
+                             const char *email, int *code, char *errstr,
+                             size_t errstr_size);
     /* Ends the session if there is one (an invalid-session fault counts as
        ended). CS_ERR_OK when nothing was open. */
     enum cs_err (*logout)(void *self);
@@ -160,6 +187,12 @@ esp_optimizely_build_add2(const char *session_id, const char *list_id,
                           const char *optin_process_id,
                           const char *const *attr_names, size_t nattrs,
                           const struct esp_recipient *r, char **out);
+/* sendMail (MailingWebservice, namespace ...soap11/RpcMailing). */
+enum cs_err esp_optimizely_build_send_mail(const char *session_id,
+                                           const char *mailing_id,
+                                           const char *list_id,
+                                           const char *recipient_id,
+                                           char **out);
 enum cs_err esp_optimizely_build_add_all3(
     const char *session_id, const char *list_id, const char *optin_process_id,
     const char *const *attr_names, size_t nattrs, const struct esp_recipient *r,

@@ -32,6 +32,7 @@
 
 #define NS_SESSION   SOAP_OPTIVO_NS_PREFIX "RpcSession"
 #define NS_RECIPIENT SOAP_OPTIVO_NS_PREFIX "RpcRecipient"
+#define NS_MAILING   SOAP_OPTIVO_NS_PREFIX "RpcMailing"
 
 /* Fault texts that change what the caller does. */
 #define FAULT_INVALID_SESSION "InvalidWebserviceSessionException"
@@ -42,6 +43,7 @@ struct optimizely {
     struct metrics *m;        /* borrowed */
     char *session_url;        /* owned: base_url + "/RpcSession" */
     char *recipient_url;      /* owned: base_url + "/RpcRecipient" */
+    char *mailing_url;        /* owned: base_url + "/RpcMailing" */
     char *mandator_id;        /* owned */
     char *user;               /* owned */
     char *password;           /* owned, secret: cleansed on free */
@@ -158,6 +160,22 @@ enum cs_err esp_optimizely_build_add2(const char *session_id,
     soap_close(&b, "attributeValues");
     soap_add_string(&b, "sessionId", session_id);
     soap_end(&b, "add2");
+    return detach(&b, out);
+}
+
+enum cs_err esp_optimizely_build_send_mail(const char *session_id,
+                                           const char *mailing_id,
+                                           const char *list_id,
+                                           const char *recipient_id, char **out)
+{
+    struct buf b = {0};
+
+    soap_begin(&b, NS_MAILING, "sendMail");
+    soap_add_string(&b, "mailingId", mailing_id);
+    soap_add_string(&b, "recipientListId", list_id);
+    soap_add_string(&b, "recipientId", recipient_id);
+    soap_add_string(&b, "sessionId", session_id);
+    soap_end(&b, "sendMail");
     return detach(&b, out);
 }
 
@@ -588,6 +606,103 @@ static enum cs_err opt_add_all(void *self, const char *list_id,
     return CS_ERR_OK;
 }
 
+struct send_ctx {
+    const char *mailing_id;
+    const char *list_id;
+    const char *recipient_id;
+};
+
+static enum cs_err build_send_mail(const char *sid, const void *ctx, char **out)
+{
+    const struct send_ctx *c = ctx;
+
+    return esp_optimizely_build_send_mail(sid, c->mailing_id, c->list_id,
+                                          c->recipient_id, out);
+}
+
+struct add2_ctx {
+    const char *list_id;
+    struct esp_recipient r;
+};
+
+static enum cs_err build_add2(const char *sid, const void *ctx, char **out)
+{
+    const struct add2_ctx *c = ctx;
+
+    return esp_optimizely_build_add2(sid, c->list_id, "0", NULL, 0, &c->r, out);
+}
+
+/* One int-returning call (sendMail, add2): *value on CS_ERR_OK. */
+static enum cs_err opt_call_int(struct optimizely *o, const char *url,
+                                const char *method, build_fn build,
+                                const void *ctx, long long *value, char *errstr,
+                                size_t errstr_size)
+{
+    struct soap_response *sr = NULL;
+    enum cs_err rc;
+
+    rc = opt_call(o, url, method, build, ctx, &sr, errstr, errstr_size);
+    if (rc == CS_ERR_ESP_BATCH_TOO_LARGE)
+        rc = CS_ERR_ESP_FAULT; /* a single recipient cannot be split */
+    if (rc != CS_ERR_OK) {
+        soap_response_free(sr);
+        return rc;
+    }
+    rc = soap_return_long(sr, value);
+    soap_response_free(sr);
+    if (rc != CS_ERR_OK) {
+        snprintf(errstr, errstr_size, "%s: answer is not an int", method);
+        return CS_ERR_ESP_FAULT;
+    }
+    return CS_ERR_OK;
+}
+
+static int send_code(long long v)
+{
+    return v >= ESP_SEND_SPOOLED && v <= ESP_SEND_BOUNCE_OVERFLOWED
+               ? (int)v
+               : ESP_SEND_OTHER;
+}
+
+static enum cs_err opt_send_mail(void *self, const char *mailing_id,
+                                 const char *list_id, const char *recipient_id,
+                                 const char *email, int *code, char *errstr,
+                                 size_t errstr_size)
+{
+    struct optimizely *o = self;
+    struct send_ctx c = {mailing_id, list_id, recipient_id};
+    struct add2_ctx a = {list_id, {recipient_id, email, NULL}};
+    long long v = -1;
+    long long added = -1;
+    enum cs_err rc;
+
+    if (!is_decimal(mailing_id) || !is_decimal(list_id) || !recipient_id ||
+        !*recipient_id || !code) {
+        snprintf(errstr, errstr_size,
+                 "sendMail: bad arguments (decimal mailing and list ids, "
+                 "recipient id, code)");
+        return CS_ERR_INVALID_ARG;
+    }
+    rc = opt_call_int(o, o->mailing_url, "sendMail", build_send_mail, &c, &v,
+                      errstr, errstr_size);
+    if (rc != CS_ERR_OK)
+        return rc;
+    if (v == ESP_SEND_NOT_FOUND && email) {
+        /* Unknown to the list: add it (activated at once), then resend. */
+        rc = opt_call_int(o, o->recipient_url, "add2", build_add2, &a, &added,
+                          errstr, errstr_size);
+        if (rc != CS_ERR_OK)
+            return rc;
+        LOG_DEBUG("esp sendMail: recipient added to the list add2=%lld", added);
+        rc = opt_call_int(o, o->mailing_url, "sendMail", build_send_mail, &c,
+                          &v, errstr, errstr_size);
+        if (rc != CS_ERR_OK)
+            return rc;
+    }
+    *code = send_code(v);
+    return CS_ERR_OK;
+}
+
 static enum cs_err opt_logout(void *self)
 {
     struct optimizely *o = self;
@@ -636,6 +751,7 @@ static void opt_free(void *self)
     http_client_free(o->http);
     free(o->session_url);
     free(o->recipient_url);
+    free(o->mailing_url);
     free(o->mandator_id);
     free(o->user);
     free_secret(o->password);
@@ -648,6 +764,7 @@ static const struct esp_ops optimizely_ops = {
     .name = "optimizely",
     .clear = opt_clear,
     .add_all = opt_add_all,
+    .send_mail = opt_send_mail,
     .logout = opt_logout,
     .ping = opt_ping,
     .free = opt_free,
@@ -702,11 +819,12 @@ struct esp *esp_optimizely_new(const struct esp_options *o, struct metrics *m,
     op->rng = (uint64_t)http_now_ms() ^ (uint64_t)(uintptr_t)op;
     op->session_url = endpoint(o->base_url, "/RpcSession");
     op->recipient_url = endpoint(o->base_url, "/RpcRecipient");
+    op->mailing_url = endpoint(o->base_url, "/RpcMailing");
     op->mandator_id = strdup(o->mandator_id);
     op->user = strdup(o->user);
     op->password = strdup(o->password);
-    if (!op->session_url || !op->recipient_url || !op->mandator_id ||
-        !op->user || !op->password)
+    if (!op->session_url || !op->recipient_url || !op->mailing_url ||
+        !op->mandator_id || !op->user || !op->password)
         goto out_nomem;
     /* Retries happen here (opt_post), never inside http_request: a SOAP
        fault is an HTTP 500. No metrics registry either: ESP traffic has its

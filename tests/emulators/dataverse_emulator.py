@@ -9,12 +9,22 @@ $batch (multipart/mixed, change sets, Content-ID references,
 continue-on-error), service protection (429 + Retry-After) and fault
 injection.  A test/admin API under /_admin exposes records and statistics.
 
+Customer Insights - Journeys custom triggers are unbound actions
+POST msdynmkt_<name> (answered 204, recorded in GET /_admin/actions and
+rolled back with their change set).  With no trigger registered any
+msdynmkt_* name is accepted as sent; once triggers are registered
+(--custom-trigger or POST /_admin/custom-triggers) other names get 404 and
+a registered one checks its parameters (the four signal/profile ones
+required, ISO 8601 timestamps, ids of an existing contact or lead, no
+parameter outside its attribute list).  The crmsync_journeyactions ledger
+table and systemusers (task owners) serve the trigger worker.
+
 Usage:
   dataverse_emulator.py --port 0 --port-file FILE [--tenant T]
       [--client-id ID --client-secret S] [--client ID:SECRET ...]
       [--token-ttl SECONDS] [--seed seed.json] [--quiet]
       [--requests-per-window N --window-s S --max-concurrent N
-       --retry-after-s S]
+       --retry-after-s S] [--custom-trigger NAME[:ATTR,ATTR...] ...]
 
 See tests/emulators/README.md for the API and fidelity notes.
 """
@@ -69,6 +79,15 @@ ENTITY_SETS = {
     "crmsync_optinhistories": ("crmsync_optinhistory", "crmsync_optinhistoryid"),
     "crmsync_advertisingconsents": ("crmsync_advertisingconsent",
                                     "crmsync_advertisingconsentid"),
+    # Ledger of journey actions fired by crmsync-trigger (docs: issue 5):
+    # one row per (journey, step, iteration, profile), created with
+    # If-None-Match: * in the same change set as the action it guards.
+    "crmsync_journeyactions": ("crmsync_journeyaction",
+                               "crmsync_journeyactionid"),
+    # Users, so that "ownerid@odata.bind": "/systemusers(<id>)" resolves.
+    # Seeded at start and on reset (SEEDED_USERS plus one application user
+    # per accepted client, with WhoAmI's UserId).
+    "systemusers": ("systemuser", "systemuserid"),
 }
 LOGICAL_TO_SET = {v[0]: k for k, v in ENTITY_SETS.items()}
 NO_STATE_SETS = ("listmembers",)
@@ -109,7 +128,11 @@ VALIDATION = {
         "max_len": {"subject": 200},
         "options": {"channeltypecode": tuple(_rng(1, 10))},
     },
-    "tasks": {"max_len": {"subject": 200}},
+    # task.description is a 2,000-character memo; scheduledend is the due
+    # date (date and time, stored as UTC seconds like every datetime here).
+    "tasks": {"max_len": {"subject": 200, "description": 2000},
+              "types": {"subject": "string", "description": "string",
+                        "scheduledend": "datetime"}},
     "phonecalls": {"max_len": {"subject": 200}},
     "lists": {
         "required": ("listname", "createdfromcode"),
@@ -146,6 +169,16 @@ VALIDATION = {
         "max_len": {"crmsync_name": 200, "crmsync_tenant": 100},
         "options": {"statecode": (0, 1), "statuscode": (1, 2)},
         "types": {"crmsync_name": "string", "crmsync_tenant": "string"},
+    },
+    "crmsync_journeyactions": {
+        # crmsync_name "<journey>/<step>/<iteration>", crmsync_action the
+        # action's unique name (Custom API names are at most 128 chars),
+        # crmsync_profile "contact:<guid>" / "lead:<guid>".
+        "max_len": {"crmsync_name": 200, "crmsync_action": 128,
+                    "crmsync_profile": 100},
+        "options": {"statecode": (0, 1), "statuscode": (1, 2)},
+        "types": {"crmsync_name": "string", "crmsync_action": "string",
+                  "crmsync_profile": "string", "crmsync_firedon": "datetime"},
     },
     "msdynmkt_contactpointconsent4s": {
         # Consent type is mandatory since June 2023 (CI release notes); the
@@ -185,7 +218,22 @@ NAV_TARGETS = {
         "msdynmkt_purposeId": "msdynmkt_purposes",
         "msdynmkt_topicId": "msdynmkt_topics",
     },
+    # Activities name their regarding navigation properties
+    # regardingobjectid_<target>_<activity> (the golden examples bind
+    # regardingobjectid_account_task); ownerid takes a systemuser (or a
+    # team, not emulated).
+    "tasks": {
+        "regardingobjectid_account_task": "accounts",
+        "regardingobjectid_contact_task": "contacts",
+        "regardingobjectid_lead_task": "leads",
+        "regardingobjectid_campaign_task": "campaigns",
+        "ownerid": "systemusers",
+    },
 }
+# Sets on which a bind through an undeclared navigation property is
+# rejected (400 0x0 "An undeclared property ..."), as Dataverse does for
+# every table; elsewhere the emulator lacks the metadata to do so.
+NAV_STRICT_SETS = ("tasks",)
 
 # Tables whose columns are known completely (the crmsync solution): any
 # other property in a write body is rejected like Dataverse rejects a
@@ -194,7 +242,28 @@ NAV_TARGETS = {
 _SYSTEM_COLUMNS = ("statecode", "statuscode", "overriddencreatedon",
                    "importsequencenumber", "timezoneruleversionnumber",
                    "utcconversiontimezonecode", "createdon", "modifiedon")
-STRICT_SETS = ("crmsync_optinhistories", "crmsync_advertisingconsents")
+STRICT_SETS = ("crmsync_optinhistories", "crmsync_advertisingconsents",
+               "crmsync_journeyactions")
+
+# Users present after start and after /_admin/reset (besides one application
+# user per client).  Any other user: POST /_admin/records/systemusers.
+SEEDED_USERS = (
+    {"systemuserid": "5a000000-0000-0000-0000-000000000001",
+     "fullname": "Sales Manager", "internalemailaddress": "manager@crm.example",
+     "isdisabled": False},
+    {"systemuserid": "5a000000-0000-0000-0000-000000000002",
+     "fullname": "Sales Rep", "internalemailaddress": "rep@crm.example",
+     "isdisabled": False},
+)
+
+# Customer Insights - Journeys custom triggers: the parameters every
+# msdynmkt_<name> action requires (dataverse.md, "Custom triggers").
+TRIGGER_TIMESTAMPS = ("msdynmkt_signaltimestamp",
+                      "msdynmkt_signalingestiontimestamp")
+TRIGGER_PROFILE_IDS = ("msdynmkt_signaluserauthid", "msdynmkt_profileid")
+TRIGGER_PARAMS = TRIGGER_TIMESTAMPS + TRIGGER_PROFILE_IDS
+_DTO_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?"
+                     r"(?:Z|[+-]\d{2}:\d{2})")
 
 # Columns with an equality index (lower-cased string value -> keys), used by
 # $filter conjuncts "<col> eq '<literal>'".
@@ -213,13 +282,14 @@ class Rules:
     """One entry of VALIDATION as tuples, in the order they are checked."""
     __slots__ = ("max_len", "options", "required", "required_lookups",
                  "fixed_lookups", "fixed", "types", "strict", "navs",
-                 "navs_lower")
+                 "navs_lower", "navs_strict")
 
     def __init__(self, r, es=None):
         self.types = tuple(r.get("types", {}).items())
         navs = NAV_TARGETS.get(es, {})
         self.navs = dict(navs)
         self.navs_lower = {n.lower(): n for n in navs}
+        self.navs_strict = es in NAV_STRICT_SETS
         self.strict = None
         if es in STRICT_SETS:
             self.strict = set(_SYSTEM_COLUMNS) | set(r.get("types", {})) | \
@@ -298,6 +368,8 @@ PRIMARY_NAME = {"account": "name", "campaign": "name", "list": "listname",
                 "msdynmkt_contactpointconsent4": "msdynmkt_contactpointvalue",
                 "crmsync_optinhistory": "crmsync_name",
                 "crmsync_advertisingconsent": "crmsync_name",
+                "crmsync_journeyaction": "crmsync_name",
+                "systemuser": "fullname",
                 "campaignactivity": "subject", "campaignresponse": "subject",
                 "task": "subject", "phonecall": "subject"}
 
@@ -380,6 +452,21 @@ def invalid_property(prop, logical):
                     "'Microsoft.Dynamics.CRM.%s'. ---> Microsoft.OData."
                     "ODataException: Does not support untyped value in "
                     "non-open type." % (prop, logical))
+
+
+def invalid_parameter(param, action):
+    # ODataLib's parameter reader, wrapped like the other input errors.
+    return ApiError(400, "0x0", _INPUT_ERROR + "Microsoft.OData.ODataException: "
+                    "The parameter '%s' in the request payload is not a valid "
+                    "parameter for the operation '%s'." % (param, action))
+
+
+def missing_parameters(action, names):
+    # ODataLib's wording for non-nullable parameters missing from the
+    # payload; the code is Dataverse's InvalidArgument (unconfirmed here).
+    return ApiError(400, "0x80040203", "One or more parameters of the "
+                    "operation '%s' are missing from the request payload. The "
+                    "missing parameters are: %s." % (action, ", ".join(names)))
 
 
 def undeclared_nav(nav):
@@ -912,7 +999,8 @@ class ClientState:
 
 
 class Emulator:
-    def __init__(self, tenant, clients, token_ttl, throttle_cfg, quiet):
+    def __init__(self, tenant, clients, token_ttl, throttle_cfg, quiet,
+                 triggers=None):
         self.tenant = tenant
         self.clients = dict(clients)
         self.token_ttl = token_ttl
@@ -925,6 +1013,9 @@ class Emulator:
         self.default_throttle = dict(throttle_cfg)
         self.org_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator-org"))
         self.bu_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "crmsync-emulator-bu"))
+        # custom trigger catalog from the command line: name -> frozenset of
+        # custom attribute names; empty = every msdynmkt_* action accepted
+        self.default_triggers = dict(triggers or {})
         self.reset()
 
     # -- state -------------------------------------------------------------
@@ -942,6 +1033,7 @@ class Emulator:
             self.skeys = {}
             self.version = 1000
             self.actions = []
+            self.triggers = dict(self.default_triggers)
             self.faults = {}
             self.script = collections.deque()
             self.throttle = dict(self.default_throttle)
@@ -953,6 +1045,75 @@ class Emulator:
             self.tcount = {"throttled_429": 0, "early_requests": 0,
                            "faults_served": 0}
             self.log = collections.deque(maxlen=200)
+        self.seed("systemusers", list(SEEDED_USERS) + [
+            {"systemuserid": self.user_id(c), "fullname": "# " + c,
+             "applicationid": c, "isdisabled": False} for c in self.clients])
+
+    def user_id(self, client):
+        """The systemuserid (and WhoAmI UserId) of a client's application
+        user."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + str(client)))
+
+    # -- custom trigger catalog --------------------------------------------
+    def register_trigger(self, cfg):
+        """cfg: {"name": "msdynmkt_<x>", "attributes": [names]} or a list
+        of them; a name registered again gets the new attribute list.
+        Returns the catalog (as trigger_catalog)."""
+        items = cfg if isinstance(cfg, list) else [cfg]
+        parsed = []
+        for it in items:
+            if not isinstance(it, dict):
+                raise bad_request('Expected {"name": "msdynmkt_<x>", '
+                                  '"attributes": [...]}.')
+            name = it.get("name")
+            attrs = it.get("attributes", [])
+            if not isinstance(name, str) or not name.startswith("msdynmkt_") \
+                    or len(name) <= 9 or "/" in name or "(" in name:
+                raise bad_request("A custom trigger name is msdynmkt_<name>.")
+            if not isinstance(attrs, list) or \
+                    not all(isinstance(a, str) and a for a in attrs):
+                raise bad_request("attributes must be a list of names.")
+            parsed.append((name, frozenset(attrs) - set(TRIGGER_PARAMS)))
+        with self.lock:
+            for name, attrs in parsed:
+                self.triggers[name] = attrs
+            return self.trigger_catalog()
+
+    def trigger_catalog(self):
+        with self.lock:
+            return {n: sorted(a) for n, a in sorted(self.triggers.items())}
+
+    def check_trigger(self, name, params):
+        """Validate a custom trigger call against the catalog (when one is
+        registered).  Caller holds self.lock.  Raises ApiError."""
+        attrs = self.triggers.get(name)
+        if attrs is None:
+            raise not_found_segment(name)
+        # ODataLib rejects an unknown parameter while reading the payload,
+        # before it notices missing ones.
+        for k in params:
+            if "@" not in k and k not in attrs and k not in TRIGGER_PARAMS:
+                raise invalid_parameter(k, name)
+        missing = [p for p in TRIGGER_PARAMS if params.get(p) in (None, "")]
+        if missing:
+            raise missing_parameters(name, missing)
+        for p in TRIGGER_TIMESTAMPS:
+            v = params[p]
+            if not isinstance(v, str) or not _DTO_RE.fullmatch(v) or \
+                    norm_datetime(v) is None:
+                raise type_error(v, "Edm.DateTimeOffset")
+        for p in TRIGGER_PROFILE_IDS:
+            v = params[p]
+            if not isinstance(v, str):
+                raise type_error(v, "Edm.String")
+            k = v.strip("{}").lower()
+            if not GUID_RE.fullmatch(k) or (
+                    k not in self.store["contacts"] and
+                    k not in self.store["leads"]):
+                raise bad_request(
+                    "The value '%s' of parameter '%s' of '%s' is not the id "
+                    "of an existing contact or lead." % (v, p, name),
+                    "0x80040203")
 
     def client_state(self, client):
         st = self.cstate.get(client)
@@ -1464,7 +1625,7 @@ class Emulator:
         return "%s/api/data/%s/%s(%s)" % (ctx.base, version, es, key)
 
     def whoami(self, ctx, version):
-        uid = str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + str(ctx.client)))
+        uid = self.user_id(ctx.client)
         body = {"@odata.context": "%s/api/data/%s/$metadata#Microsoft.Dynamics."
                                   "CRM.WhoAmIResponse" % (ctx.base, version),
                 "BusinessUnitId": self.bu_id, "UserId": uid,
@@ -1474,6 +1635,8 @@ class Emulator:
     def action(self, name, body, ctx):
         if body is not None and not isinstance(body, dict):
             raise bad_request("Action parameters must be a JSON object.")
+        if self.triggers:
+            self.check_trigger(name, body or {})
         entry = {"t": time.time(), "client": ctx.client, "action": name,
                  "parameters": body or {}}
         self.actions.append(entry)
@@ -2436,7 +2599,8 @@ def check_schema(es, logical, body, rules):
             nav = k[:-11]
             target = navs.get(nav)
             if target is None:
-                if strict is not None or nav.lower() in rules.navs_lower:
+                if strict is not None or rules.navs_strict or \
+                        nav.lower() in rules.navs_lower:
                     raise undeclared_nav(nav)
                 continue
             if isinstance(v, str) and not v.startswith("$"):
@@ -2981,8 +3145,34 @@ class Handler(BaseHTTPRequestHandler):
             if m == "GET":
                 return self.send_json(200, emu.faults_snapshot())
         if p == "actions" and m == "GET":
+            q = parse_query(path.partition("?")[2])
+            act, prof = q.get("action"), q.get("profile")
+            prof = prof.strip("{}").lower() if prof else None
             with emu.lock:
-                return self.send_json(200, list(emu.actions))
+                out = [a for a in emu.actions
+                       if (act is None or a["action"] == act) and
+                       (prof is None or str(a["parameters"].get(
+                           "msdynmkt_profileid", "")).strip("{}").lower()
+                        == prof)]
+                return self.send_json(200, out)
+        if p == "custom-triggers" or p.startswith("custom-triggers/"):
+            name = p[len("custom-triggers/"):] if "/" in p else None
+            try:
+                if m == "GET" and name is None:
+                    return self.send_json(200, emu.trigger_catalog())
+                if m == "POST" and name is None:
+                    return self.send_json(200, emu.register_trigger(data))
+                if m == "DELETE":
+                    with emu.lock:
+                        if name is None:
+                            emu.triggers.clear()
+                        elif emu.triggers.pop(name, None) is None:
+                            return self.send_json(404, {
+                                "error": "unknown trigger '%s'" % name})
+                    return self.send_json(200, emu.trigger_catalog())
+            except ApiError as e:
+                return self.send(e.status, [("Content-Type", JSON_CT)],
+                                 e.body())
         if p == "records" and m == "GET":
             with emu.lock:
                 return self.send_json(200, {k: len(v) for k, v in
@@ -3069,6 +3259,11 @@ def main(argv=None):
     ap.add_argument("--retry-after-s", type=int, default=0)
     ap.add_argument("--tls-cert", help="serve HTTPS with this PEM cert")
     ap.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    ap.add_argument("--custom-trigger", action="append", default=[],
+                    metavar="NAME[:ATTR,ATTR...]",
+                    help="register a custom trigger msdynmkt_<name> with its "
+                         "custom attributes (repeatable); once any is "
+                         "registered, other msdynmkt_* actions get 404")
     args = ap.parse_args(argv)
 
     clients = {}
@@ -3090,7 +3285,15 @@ def main(argv=None):
     if args.retry_after_s:
         throttle["retry_after_s"] = args.retry_after_s
 
-    emu = Emulator(args.tenant, clients, args.token_ttl, throttle, args.quiet)
+    triggers = {}
+    for t in args.custom_trigger:
+        name, _, attrs = t.partition(":")
+        if not name.startswith("msdynmkt_") or len(name) <= 9:
+            ap.error("--custom-trigger expects msdynmkt_<name>[:attr,...]")
+        triggers[name] = frozenset(a for a in attrs.split(",") if a) - \
+            set(TRIGGER_PARAMS)
+    emu = Emulator(args.tenant, clients, args.token_ttl, throttle, args.quiet,
+                   triggers)
     if args.seed:
         with open(args.seed, encoding="utf-8") as f:
             seed = json.load(f)

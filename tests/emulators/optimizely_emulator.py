@@ -2,24 +2,29 @@
 """Optimizely Campaign (ex optivo broadmail) SOAP 1.1 emulator for crmsync.
 
 Python 3 standard library only.  Emulates the part of the RPC/encoded SOAP
-API the list-sync worker uses (/work/shared/reference/esp.md 1.1-1.3 and the
-recorded traffic in /work/shared/reference/golden/optimizely/):
+API the list-sync and trigger workers use (/work/shared/reference/esp.md
+1.1-1.3 and the recorded traffic in /work/shared/reference/golden/optimizely/):
 
   POST /soap11/RpcSession     login, logout
   POST /soap11/RpcRecipient   clear, addAll3, add2, remove, getCount,
                               getAll, getAllFlat
+  POST /soap11/RpcMailing     sendMail (event mailings configured through
+                              /_admin/mailings or --mailings; spooled mails
+                              are logged at GET /_admin/mails)
   GET  /soap11/Rpc<Name>?wsdl the recorded WSDL (when the golden dir exists)
 
 Requests may use named parts (sessionId anywhere, as Savon sends them) or
 the WSDL's positional parts in0..inN; href/multiRef references in requests
 are resolved.  Responses use the recorded shapes (multiRef for int, soapenc
 arrays, faults as HTTP 500 soapenv:Server.userException).  A JSON test API
-under /_admin exposes lists, suppression sets, fault injection and stats.
+under /_admin exposes lists, suppression sets, mailings, the mail log,
+fault injection and stats.
 
 Usage:
   optimizely_emulator.py --port 0 --port-file FILE [--quiet]
       [--mandator ID --user U --password P] [--session-ttl SECONDS]
       [--max-batch N] [--lists ID,ID,...] [--multiref-order shuffled|sequential]
+      [--mailings ID:LIST,LIST[:TYPE];ID:LIST...]
 
 See tests/emulators/README.md for the API and fidelity notes.
 """
@@ -97,6 +102,12 @@ OPS = {
         "getAll": [P_SID, P_LIST, ("attributeNames", (), "array")],
         "getAllFlat": [P_SID, P_LIST, ("attributeNames", (), "array")],
     },
+    "RpcMailing": {
+        # int sendMail(String sessionId, long mailingId, long recipientListId,
+        #              String recipientId)
+        "sendMail": [P_SID, ("mailingId", (), "long"), P_LIST,
+                     ("recipientId", (), "str")],
+    },
 }
 
 EMAIL_RE = re.compile(r"^[^@\s\"(),:;<>\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*"
@@ -104,6 +115,11 @@ EMAIL_RE = re.compile(r"^[^@\s\"(),:;<>\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*"
                       r"[A-Za-z0-9])?)*\.[A-Za-z]{2,}$")
 SEP = "\x1f"     # joins stored attribute values
 NIL = "\x1e"     # marks a nil attribute value inside the joined string
+
+# sendMail return values (MailingWebservice docs).
+SEND_CODE_NAMES = {0: "spooled", 1: "blacklisted", 2: "unsubscribed",
+                   3: "not_found", 4: "list_invalid", 5: "target_group",
+                   6: "bounce_overflowed"}
 
 CODE_NAMES = {0: "inserted", 1: "validation_failed", 2: "unsubscribed",
               3: "blacklisted", 4: "bounce_overflowed", 5: "already_in_list",
@@ -386,9 +402,57 @@ def _split(joined, names):
     return parts[0], attrs
 
 
+class Mailing:
+    """A mailing sendMail can use: assigned list ids, type ("event" for
+    transactional sends), and the recipient ids / addresses outside its
+    target group (lower-cased)."""
+
+    __slots__ = ("lists", "type", "excluded")
+
+    def __init__(self, lists, mtype="event", excluded=()):
+        self.lists = set(lists)
+        self.type = mtype
+        self.excluded = {str(x).strip().lower() for x in excluded}
+
+    def to_json(self, mid):
+        return {"id": str(mid), "lists": [str(x) for x in sorted(self.lists)],
+                "type": self.type, "excluded": sorted(self.excluded)}
+
+
+def parse_mailing_json(d):
+    """{"id", "lists", "type"?, "excluded"?} -> (id, Mailing); ValueError."""
+    if not isinstance(d, dict) or "id" not in d:
+        raise ValueError("expected {\"id\": ..., \"lists\": [...]}")
+    mid = int(str(d["id"]).strip())
+    lists = d.get("lists") or []
+    if not isinstance(lists, list):
+        raise ValueError("lists must be an array")
+    excluded = d.get("excluded") or []
+    if not isinstance(excluded, list):
+        raise ValueError("excluded must be an array")
+    mtype = str(d.get("type") or "event")
+    return mid, Mailing([int(str(x).strip()) for x in lists], mtype, excluded)
+
+
+def parse_mailings_arg(text):
+    """--mailings "1001:2001,2002;1002:2003:regular" -> {id: Mailing}."""
+    out = {}
+    for item in text.split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError("bad mailing %r (ID:LIST,LIST[:TYPE])" % item)
+        lists = [int(x) for x in parts[1].split(",") if x.strip()]
+        out[int(parts[0])] = Mailing(lists, parts[2] if len(parts) == 3
+                                     else "event")
+    return out
+
+
 class Emulator:
     def __init__(self, mandator, user, password, ttl, max_batch, lists,
-                 mr_order, quiet):
+                 mr_order, quiet, mailings=None):
         self.mandator = str(mandator)
         self.user = user
         self.password = password
@@ -397,6 +461,7 @@ class Emulator:
         self.allowed_lists = lists      # None = any list id exists
         self.mr_order = mr_order
         self.quiet = quiet
+        self.cli_mailings = mailings or {}  # restored by reset()
         self.lock = threading.Lock()
         self.sessions = {}              # sid -> expiry (monotonic)
         self.rng = random.Random(4711)
@@ -412,12 +477,17 @@ class Emulator:
             self.filtered = set()
             self.faults = {}
             self.script = collections.deque()
+            self.mailings = {k: Mailing(v.lists, v.type, v.excluded)
+                             for k, v in self.cli_mailings.items()}
+            self.mails = []
             self.inflight = 0
             self.stats = {"requests": 0, "calls": {}, "logins": 0,
                           "login_failures": 0, "logouts": 0,
                           "session_faults": 0, "faults": 0,
                           "faults_injected": 0, "faults_by_kind": {},
                           "codes": {str(c): 0 for c in CODE_NAMES},
+                          "send_codes": {str(c): 0 for c in SEND_CODE_NAMES},
+                          "mails_sent": 0,
                           "recipients_sent": 0, "max_batch_seen": 0,
                           "max_concurrent": 0, "wsdl_requests": 0}
 
@@ -700,6 +770,67 @@ class Emulator:
                     str(r.get("email") or ""), list(attrs.values())))
             return len(lst.rows)
 
+    # -- mailings ----------------------------------------------------------------
+    def send_mail(self, sid, a):
+        """MailingWebservice.sendMail: the documented return codes 0..6 (see
+        README for the check order).  Unknown or non-event mailing: fault."""
+        mid = a["mailingId"]
+        lid = a["recipientListId"]
+        rid = a["recipientId"]
+        call = (" for call: mailingId='%d', recipientListId='%d', "
+                "recipientId='%s'" % (mid, lid, rid))
+        prefix = "[%s,%s,%s] " % (sid, self.mandator, self.user)
+        with self.lock:
+            m = self.mailings.get(mid)
+            if m is None:
+                raise Fault(EXC + prefix + "Mailing does not exist" + call,
+                            kind="no_mailing")
+            if m.type != "event":
+                raise Fault(EXC + prefix + "Mailing is not an event mailing "
+                            "(type '%s')%s" % (m.type, call),
+                            kind="not_event_mailing")
+            email = None
+            if lid not in m.lists:
+                code = 4
+            else:
+                lst = self.lists.get(lid)
+                row = lst.rows.get(rid or "") if lst is not None else None
+                if row is None:
+                    code = 3
+                else:
+                    email = _split(row[1], row[0])[0]
+                    el = email.strip().lower()
+                    rl = (rid or "").strip().lower()
+                    if self._blacklisted(el):
+                        code = 1
+                    elif el in self.unsubscribes or rl in self.unsubscribes:
+                        code = 2
+                    elif el in self.bounced:
+                        code = 6
+                    elif el in m.excluded or rl in m.excluded:
+                        code = 5
+                    else:
+                        code = 0
+            self.stats["send_codes"][str(code)] += 1
+            if code == 0:
+                self.mails.append({"mailing_id": str(mid), "list_id": str(lid),
+                                   "recipient_id": rid, "email": email,
+                                   "t": time.time()})
+                self.stats["mails_sent"] += 1
+        return code
+
+    def set_mailing(self, mid, m):
+        with self.lock:
+            self.mailings[mid] = m
+
+    def mailings_snapshot(self):
+        with self.lock:
+            return [self.mailings[k].to_json(k) for k in sorted(self.mailings)]
+
+    def mails_snapshot(self):
+        with self.lock:
+            return [dict(x) for x in self.mails]
+
     def stats_snapshot(self):
         with self.lock:
             s = json.loads(json.dumps(self.stats))
@@ -935,6 +1066,9 @@ class Handler(BaseHTTPRequestHandler):
         if op == "getAllFlat":
             flat = [v for row in emu.get_all(sid, a) for v in row]
             return self.send_soap(200, resp_string_array(service, op, flat))
+        if op == "sendMail":
+            return self.send_soap(200, resp_int(service, op,
+                                                emu.send_mail(sid, a)))
         raise Fault("No such operation '%s'" % op, code="soapenv:Client",
                     kind="client")
 
@@ -988,6 +1122,46 @@ class Handler(BaseHTTPRequestHandler):
             if m == "DELETE":
                 return self.send_json(200, {"deleted":
                                             emu.clear_suppressions(which)})
+        if p == "mailings":
+            if m == "GET":
+                return self.send_json(200, emu.mailings_snapshot())
+            if m == "POST":
+                items = data if isinstance(data, list) else [data]
+                try:
+                    parsed = [parse_mailing_json(d) for d in items]
+                except (ValueError, TypeError) as e:
+                    return self.send_json(400, {"error": str(e)})
+                for mid, mailing in parsed:
+                    emu.set_mailing(mid, mailing)
+                return self.send_json(200, [mailing.to_json(mid)
+                                            for mid, mailing in parsed])
+            if m == "DELETE":
+                with emu.lock:
+                    n = len(emu.mailings)
+                    emu.mailings = {}
+                return self.send_json(200, {"deleted": n})
+        if p.startswith("mailings/"):
+            try:
+                mid = int(p[len("mailings/"):])
+            except ValueError:
+                return self.send_json(400, {"error": "mailing id must be an "
+                                            "integer"})
+            with emu.lock:
+                mailing = emu.mailings.get(mid)
+                if m == "DELETE" and mailing is not None:
+                    del emu.mailings[mid]
+            if mailing is None:
+                return self.send_json(404, {"error": "no mailing %d" % mid})
+            if m in ("GET", "DELETE"):
+                return self.send_json(200, mailing.to_json(mid))
+        if p == "mails":
+            if m == "GET":
+                return self.send_json(200, emu.mails_snapshot())
+            if m == "DELETE":
+                with emu.lock:
+                    n = len(emu.mails)
+                    emu.mails = []
+                return self.send_json(200, {"deleted": n})
         if p == "lists" and m == "GET":
             with emu.lock:
                 return self.send_json(200, {str(k): len(v.rows)
@@ -1053,7 +1227,16 @@ def main(argv=None):
                     "(default: any id exists)")
     ap.add_argument("--multiref-order", choices=("shuffled", "sequential"),
                     default="shuffled")
+    ap.add_argument("--mailings", help="mailings sendMail knows, restored by "
+                    "/_admin/reset: ID:LIST,LIST[:TYPE];... (TYPE default "
+                    "event)")
     args = ap.parse_args(argv)
+    mailings = None
+    if args.mailings:
+        try:
+            mailings = parse_mailings_arg(args.mailings)
+        except ValueError as e:
+            ap.error("--mailings: %s" % e)
     lists = None
     if args.lists:
         try:
@@ -1061,7 +1244,8 @@ def main(argv=None):
         except ValueError:
             ap.error("--lists expects integers")
     emu = Emulator(args.mandator, args.user, args.password, args.session_ttl,
-                   args.max_batch, lists, args.multiref_order, args.quiet)
+                   args.max_batch, lists, args.multiref_order, args.quiet,
+                   mailings)
     emu.port = 0
     Handler.emu = emu
     srv = Server(("127.0.0.1", args.port), Handler)

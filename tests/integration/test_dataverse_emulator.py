@@ -2210,6 +2210,403 @@ def listsync_purpose_and_list_status_columns(emu):
     eq(js["value"], [])
 
 
+# ---------------------------------------------------------------------------
+# Trigger worker support (issue 5): the crmsync_journeyactions ledger, the
+# custom trigger catalog, exactly-once change sets and tasks with binds.
+
+CART = "msdynmkt_cartreminder"
+MANAGER = "5a000000-0000-0000-0000-000000000001"
+
+
+def trigger_params(profile, **extra):
+    p = {"msdynmkt_signaltimestamp": "2024-05-01T10:00:00.123Z",
+         "msdynmkt_signalingestiontimestamp": "2024-05-01T10:00:01+02:00",
+         "msdynmkt_signaluserauthid": profile, "msdynmkt_profileid": profile}
+    p.update(extra)
+    return p
+
+
+def ledger_body(contact, name="cart/remind/1", action=CART):
+    return {"crmsync_name": name, "crmsync_action": action,
+            "crmsync_profile": "contact:" + contact,
+            "crmsync_firedon": "2024-05-01T12:00:00.500+02:00"}
+
+
+@test
+def journey_ledger_create_only(emu):
+    emu.reset()
+    contact, rid = str(uuid.uuid4()), str(uuid.uuid4())
+    path = "crmsync_journeyactions(%s)" % rid
+    st, hdrs, _ = emu.api("PATCH", path, ledger_body(contact),
+                          {"If-None-Match": "*"})
+    eq(st, 204, "ledger create")
+    check(hdrs["odata-entityid"].endswith(path), hdrs.get("odata-entityid"))
+    recs = emu.admin("GET", "records/crmsync_journeyactions")
+    eq(len(recs), 1)
+    r = recs[0]
+    eq((r["crmsync_journeyactionid"], r["crmsync_name"], r["crmsync_action"],
+        r["crmsync_profile"], r["crmsync_firedon"]),
+       (rid, "cart/remind/1", CART, "contact:" + contact,
+        "2024-05-01T10:00:00Z"), "stored row (firedon in UTC seconds)")
+    # second create-only PATCH: Dataverse's DuplicateRecord answer
+    st, _, js = emu.api("PATCH", path, ledger_body(contact, "other/1/1"),
+                        {"If-None-Match": "*"})
+    eq(st, 412, "second create")
+    eq(error_of(js), ("0x80040237",
+                      "A record with matching key values already exists."))
+    eq(emu.admin("GET", "records/crmsync_journeyactions")[0]["crmsync_name"],
+       "cart/remind/1", "412 changed nothing")
+    # POST with the same key is a duplicate too
+    body = dict(ledger_body(contact), crmsync_journeyactionid=rid)
+    st, _, js = emu.api("POST", "crmsync_journeyactions", body)
+    eq((st, error_of(js)[0]), (412, "0x80040237"))
+    # strict table: unknown column, wrong type, too long
+    rid2 = str(uuid.uuid4())
+    path2 = "crmsync_journeyactions(%s)" % rid2
+    st, _, js = emu.api("PATCH", path2, dict(ledger_body(contact),
+                                              crmsync_journey="x"),
+                        {"If-None-Match": "*"})
+    eq(st, 400, "unknown column")
+    check("Invalid property 'crmsync_journey'" in error_of(js)[1], js)
+    st, _, js = emu.api("PATCH", path2, dict(ledger_body(contact),
+                                              crmsync_firedon="noon"),
+                        {"If-None-Match": "*"})
+    eq((st, error_of(js)[0]), (400, "0x0"), "firedon type")
+    st, _, js = emu.api("PATCH", path2, ledger_body(contact, "j" * 201),
+                        {"If-None-Match": "*"})
+    eq((st, error_of(js)[0]), (400, "0x80044331"), "crmsync_name length")
+    eq(len(emu.admin("GET", "records/crmsync_journeyactions")), 1)
+    # readable by the worker: GET by key and by name
+    st, _, js = emu.api("GET", path + "?$select=crmsync_name")
+    eq((st, js["crmsync_name"]), (200, "cart/remind/1"))
+    st, _, js = emu.api("GET", "crmsync_journeyactions?$filter=crmsync_name eq "
+                        "'cart/remind/1'".replace(" ", "%20"))
+    eq([x["crmsync_journeyactionid"] for x in js["value"]], [rid])
+
+
+@test
+def custom_trigger_catalog(emu):
+    emu.reset()
+    contact, lead = str(uuid.uuid4()), str(uuid.uuid4())
+    emu.admin("POST", "records/contacts", [{"contactid": contact}])
+    emu.admin("POST", "records/leads", [{"leadid": lead}])
+    eq(emu.admin("GET", "custom-triggers"), {}, "empty catalog after reset")
+    # empty catalog: anything msdynmkt_* goes, as before
+    st, _, _ = emu.api("POST", "msdynmkt_anything", {"x": 1})
+    eq(st, 204, "no catalog: accepted")
+    cat = emu.admin("POST", "custom-triggers",
+                    {"name": CART, "attributes": ["msdynmkt_textvariable1"]})
+    eq(cat, {CART: ["msdynmkt_textvariable1"]})
+    emu.admin("POST", "custom-triggers", [{"name": "msdynmkt_other"}])
+    eq(sorted(emu.admin("GET", "custom-triggers")), [CART, "msdynmkt_other"])
+    n0 = len(emu.admin("GET", "actions"))
+    # unregistered: exactly Dataverse's unknown segment
+    st, _, js = emu.api("POST", "msdynmkt_anything", trigger_params(contact))
+    eq(st, 404, "unregistered trigger")
+    eq(error_of(js), ("0x8006088a", "Resource not found for the segment "
+                                    "'msdynmkt_anything'."))
+    # missing required parameters, named
+    p = trigger_params(contact)
+    del p["msdynmkt_profileid"]
+    st, _, js = emu.api("POST", CART, p)
+    eq(st, 400, "missing profileid")
+    code, msg = error_of(js)
+    eq(code, "0x80040203")
+    check("'%s'" % CART in msg and msg.endswith(
+        "The missing parameters are: msdynmkt_profileid."), msg)
+    st, _, js = emu.api("POST", CART, {})
+    eq(st, 400, "no parameters")
+    check("msdynmkt_signaltimestamp, msdynmkt_signalingestiontimestamp, "
+          "msdynmkt_signaluserauthid, msdynmkt_profileid" in error_of(js)[1])
+    st, _, js = emu.api("POST", CART, None)
+    eq(st, 400, "empty body")
+    # timestamps must be ISO 8601 date-times with an offset
+    for bad in ("yesterday", "2024-05-01", "2024-05-01T10:00:00",
+                "2024-13-01T10:00:00Z", 1714557600):
+        st, _, js = emu.api("POST", CART, trigger_params(
+            contact, msdynmkt_signaltimestamp=bad))
+        eq(st, 400, "timestamp %r" % (bad,))
+        code, msg = error_of(js)
+        eq(code, "0x0")
+        check("Edm.DateTimeOffset" in msg, msg)
+    st, _, js = emu.api("POST", CART, trigger_params(
+        contact, msdynmkt_signalingestiontimestamp="soon"))
+    eq(st, 400, "ingestion timestamp")
+    # ids: GUIDs of an existing contact or lead
+    for field in ("msdynmkt_signaluserauthid", "msdynmkt_profileid"):
+        for bad in ("x", str(uuid.uuid4())):
+            p = trigger_params(contact)
+            p[field] = bad
+            st, _, js = emu.api("POST", CART, p)
+            eq(st, 400, "%s=%s" % (field, bad))
+            code, msg = error_of(js)
+            eq(code, "0x80040203")
+            check(field in msg and bad in msg, msg)
+    st, _, js = emu.api("POST", CART, trigger_params(contact,
+                                                     msdynmkt_profileid=7))
+    eq((st, error_of(js)[0]), (400, "0x0"), "non-string id")
+    # parameters outside the registered attribute list
+    st, _, js = emu.api("POST", CART, trigger_params(
+        contact, msdynmkt_textvariable2="x"))
+    eq(st, 400, "unknown parameter")
+    eq(error_of(js)[1], "An error occurred while validating input parameters: "
+       "Microsoft.OData.ODataException: The parameter 'msdynmkt_textvariable2' "
+       "in the request payload is not a valid parameter for the operation "
+       "'msdynmkt_cartreminder'.")
+    st, _, js = emu.api("POST", "msdynmkt_other", trigger_params(
+        contact, msdynmkt_textvariable1="x"))
+    eq(st, 400, "attribute of another trigger")
+    eq(len(emu.admin("GET", "actions")), n0, "no rejected call recorded")
+    # accepted calls: contact, lead, upper-case id, custom attribute
+    for prof, extra in ((contact, {"msdynmkt_textvariable1": "cart-42"}),
+                        (contact, {}), (lead, {}),
+                        (contact.upper(), {})):
+        st, hdrs, body = emu.api("POST", CART, trigger_params(prof, **extra))
+        eq((st, body), (204, b""), "accepted %s" % prof)
+    st, _, _ = emu.api("POST", "msdynmkt_other", trigger_params(contact))
+    eq(st, 204)
+    acts = emu.admin("GET", "actions?action=%s&profile=%s" % (CART, contact))
+    eq(len(acts), 3, "per-profile count (case-insensitive)")
+    eq(acts[0]["parameters"], trigger_params(
+        contact, msdynmkt_textvariable1="cart-42"), "parameters as sent")
+    eq(acts[0]["client"], "client-a")
+    eq(len(emu.admin("GET", "actions?profile=%s" % lead)), 1)
+    eq(len(emu.admin("GET", "actions?action=msdynmkt_other")), 1)
+    eq(len(emu.admin("GET", "actions")), n0 + 5)
+    # re-registering replaces the attribute list; DELETE one / all
+    emu.admin("POST", "custom-triggers", {"name": CART, "attributes": []})
+    st, _, _ = emu.api("POST", CART, trigger_params(
+        contact, msdynmkt_textvariable1="x"))
+    eq(st, 400, "attribute no longer registered")
+    eq(emu.admin("DELETE", "custom-triggers/msdynmkt_other"), {CART: []})
+    st, _, _ = emu.api("POST", "msdynmkt_other", trigger_params(contact))
+    eq(st, 404, "deleted trigger")
+    st, _, data = emu.raw("POST", "/_admin/custom-triggers",
+                          {"name": "cartreminder"})
+    eq(st, 400, "bad trigger name")
+    st, _, data = emu.raw("POST", "/_admin/custom-triggers",
+                          {"name": CART, "attributes": "x"})
+    eq(st, 400, "bad attribute list")
+    eq(emu.admin("DELETE", "custom-triggers"), {})
+    st, _, _ = emu.api("POST", "msdynmkt_other", {"x": 1})
+    eq(st, 204, "catalog cleared: any trigger again")
+    emu.admin("POST", "custom-triggers", {"name": CART})
+    emu.reset()
+    eq(emu.admin("GET", "custom-triggers"), {}, "reset restores the CLI catalog")
+
+
+@test
+def custom_trigger_command_line(emu):
+    contact = str(uuid.uuid4())
+    e2 = Emu("--custom-trigger", CART + ":msdynmkt_textvariable1,msdynmkt_cartid",
+             "--custom-trigger", "msdynmkt_plain")
+    try:
+        want = {CART: ["msdynmkt_cartid", "msdynmkt_textvariable1"],
+                "msdynmkt_plain": []}
+        eq(e2.admin("GET", "custom-triggers"), want)
+        e2.admin("POST", "records/contacts", [{"contactid": contact}])
+        st, _, _ = e2.api("POST", CART, trigger_params(
+            contact, msdynmkt_cartid="c1", msdynmkt_textvariable1="t"))
+        eq(st, 204)
+        st, _, _ = e2.api("POST", "msdynmkt_plain", trigger_params(
+            contact, msdynmkt_cartid="c1"))
+        eq(st, 400, "attribute of the other trigger")
+        st, _, _ = e2.api("POST", "msdynmkt_unknown", trigger_params(contact))
+        eq(st, 404)
+        e2.admin("DELETE", "custom-triggers")
+        e2.admin("POST", "reset")
+        eq(e2.admin("GET", "custom-triggers"), want, "reset restores")
+    finally:
+        e2.stop()
+    p = subprocess.run([sys.executable, EMULATOR, "--custom-trigger",
+                        "cartreminder"], capture_output=True, timeout=30)
+    check(p.returncode != 0 and b"--custom-trigger" in p.stderr, p.stderr)
+
+
+def trigger_changeset(rid, contact, action=CART, **extra):
+    return {"changeset": [
+        {"method": "PATCH", "url": "/api/data/v9.2/crmsync_journeyactions(%s)"
+         % rid, "content_id": "1", "headers": {"If-None-Match": "*"},
+         "body": ledger_body(contact, action=action)},
+        {"method": "POST", "url": "/api/data/v9.2/" + action,
+         "content_id": "2", "body": trigger_params(contact, **extra)}]}
+
+
+@test
+def trigger_changeset_exactly_once(emu):
+    emu.reset()
+    contact = str(uuid.uuid4())
+    emu.admin("POST", "records/contacts", [{"contactid": contact}])
+    emu.admin("POST", "custom-triggers",
+              {"name": CART, "attributes": ["msdynmkt_textvariable1"]})
+    rid = str(uuid.uuid4())
+    cs = trigger_changeset(rid, contact, msdynmkt_textvariable1="cart-1")
+    st, parts = batch_parts(emu, [cs])
+    eq(st, 200, "first firing")
+    eq(len(parts), 1)
+    eq(parts[0]["kind"], "changeset")
+    eq([(p["content_id"], p["status"]) for p in parts[0]["parts"]],
+       [("1", 204), ("2", 204)])
+    hd = dict(parts[0]["parts"][0]["headers"])
+    check(hd["OData-EntityId"].endswith("crmsync_journeyactions(%s)" % rid))
+    eq([k for k, _ in parts[0]["parts"][1]["headers"]], ["OData-Version"],
+       "the action's 204 has no OData-EntityId")
+    # the re-fired timer: same change set again
+    for prefer, want_st in ((None, 400), ("odata.continue-on-error", 200)):
+        st, parts = batch_parts(emu, [cs], prefer=prefer)
+        eq(st, want_st, "second firing (%s)" % prefer)
+        eq(len(parts), 1, "one part for the failed change set")
+        p = parts[0]
+        eq((p["kind"], p["status"], p["content_id"]), ("http", 412, "1"))
+        eq((p["json"]["error"]["code"], p["json"]["error"]["message"]),
+           ("0x80040237", "A record with matching key values already exists."))
+    eq(len(emu.admin("GET", "records/crmsync_journeyactions")), 1, "one row")
+    acts = emu.admin("GET", "actions?profile=" + contact)
+    eq(len(acts), 1, "action executed exactly once")
+    eq(acts[0]["parameters"]["msdynmkt_textvariable1"], "cart-1")
+    # relative URLs, as a client may send them, behave the same
+    cs_rel = trigger_changeset(rid, contact)
+    for op in cs_rel["changeset"]:
+        op["url"] = op["url"][len("/api/data/v9.2/"):]
+    st, parts = batch_parts(emu, [cs_rel])
+    eq((st, parts[0]["status"]), (400, 412))
+    # the other direction: the action fails -> the ledger row rolls back
+    rid2 = str(uuid.uuid4())
+    st, parts = batch_parts(emu, [trigger_changeset(
+        rid2, contact, msdynmkt_textvariable9="x")])
+    eq((st, len(parts), parts[0]["status"], parts[0]["content_id"]),
+       (400, 1, 400, "2"), "invalid action")
+    st, parts = batch_parts(emu, [trigger_changeset(
+        str(uuid.uuid4()), contact, action="msdynmkt_unregistered")])
+    eq((st, parts[0]["status"], parts[0]["content_id"]), (400, 404, "2"))
+    eq(len(emu.admin("GET", "records/crmsync_journeyactions")), 1,
+       "ledger rows of failed change sets rolled back")
+    st, _, js = emu.api("GET", "crmsync_journeyactions(%s)" % rid2)
+    eq(st, 404)
+    # once fixed, the same ledger id fires (it was never created)
+    st, parts = batch_parts(emu, [trigger_changeset(rid2, contact)])
+    eq((st, [p["status"] for p in parts[0]["parts"]]), (200, [204, 204]))
+    eq(len(emu.admin("GET", "actions?profile=" + contact)), 2)
+    # several firings in one batch, one of them a replay: continue-on-error
+    rid3 = str(uuid.uuid4())
+    st, parts = batch_parts(emu, [trigger_changeset(rid, contact),
+                                  trigger_changeset(rid3, contact)],
+                            prefer="odata.continue-on-error")
+    eq(st, 200)
+    eq([p["kind"] for p in parts], ["http", "changeset"])
+    eq(parts[0]["status"], 412)
+    eq(len(emu.admin("GET", "actions?profile=" + contact)), 3)
+    eq(len(emu.admin("GET", "records/crmsync_journeyactions")), 3)
+    # an action that ran before the failing request is rolled back too
+    rev = trigger_changeset(rid, contact)
+    rev["changeset"].reverse()
+    st, parts = batch_parts(emu, [rev])
+    eq((st, len(parts), parts[0]["status"], parts[0]["content_id"]),
+       (400, 1, 412, "1"), "action first, then the duplicate ledger row")
+    eq(len(emu.admin("GET", "actions?profile=" + contact)), 3,
+       "the executed action was rolled back with its change set")
+
+
+@test
+def tasks_with_binds(emu):
+    emu.reset()
+    contact, lead = str(uuid.uuid4()), str(uuid.uuid4())
+    emu.admin("POST", "records/contacts", [{"contactid": contact,
+                                            "fullname": "Cat Buyer"}])
+    emu.admin("POST", "records/leads", [{"leadid": lead}])
+    # seeded users: two named ones plus each client's application user
+    st, _, js = emu.api("GET", "systemusers?$select=fullname")
+    names = {u["systemuserid"]: u["fullname"] for u in js["value"]}
+    eq(names[MANAGER], "Sales Manager")
+    st, _, who = emu.api("GET", "WhoAmI")
+    eq(names[who["UserId"]], "# client-a", "WhoAmI user is a systemuser")
+    tid = str(uuid.uuid4())
+    body = {"subject": "Call about the cart",
+            "description": "Cart 42 was abandoned",
+            "scheduledend": "2024-05-02T12:00:00.250+02:00",
+            "regardingobjectid_contact_task@odata.bind": "/contacts(%s)"
+            % contact,
+            "ownerid@odata.bind": "/systemusers(%s)" % MANAGER}
+    st, hdrs, _ = emu.api("PATCH", "tasks(%s)" % tid, body,
+                          {"If-None-Match": "*"})
+    eq(st, 204, "create-only task")
+    st, _, js = emu.api("PATCH", "tasks(%s)" % tid, body,
+                        {"If-None-Match": "*"})
+    eq((st, error_of(js)[0]), (412, "0x80040237"), "replayed task")
+    st, _, js = emu.api("POST", "tasks", dict(body, activityid=tid))
+    eq((st, error_of(js)[0]), (412, "0x80040237"), "POST with same key")
+    st, _, js = emu.api(
+        "GET", "tasks(%s)?$select=subject,description,scheduledend,"
+        "_regardingobjectid_value,_ownerid_value" % tid,
+        headers={"Prefer": 'odata.include-annotations="*"'})
+    eq(st, 200)
+    eq((js["subject"], js["description"], js["scheduledend"],
+        js["_regardingobjectid_value"], js["_ownerid_value"]),
+       (body["subject"], body["description"], "2024-05-02T10:00:00Z",
+        contact, MANAGER))
+    eq(js["_regardingobjectid_value" + "@Microsoft.Dynamics.CRM."
+          "lookuplogicalname"], "contact")
+    eq(js["_ownerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"],
+       "systemuser")
+    eq(js["_ownerid_value@OData.Community.Display.V1.FormattedValue"],
+       "Sales Manager")
+    # a lead as regarding object, created with POST and a client key
+    t2 = str(uuid.uuid4())
+    st, _, _ = emu.api("POST", "tasks", {
+        "activityid": t2, "subject": "Lead follow-up",
+        "regardingobjectid_lead_task@odata.bind": "/leads(%s)" % lead,
+        "ownerid@odata.bind": "/systemusers(%s)" % who["UserId"]})
+    eq(st, 204)
+    flt = quote("_regardingobjectid_value eq %s" % contact)
+    st, _, js = emu.api("GET", "tasks?$select=subject&$filter=" + flt)
+    eq([t["activityid"] for t in js["value"]], [tid], "filter by regarding")
+    flt = quote("_regardingobjectid_value eq '%s'" % lead)
+    st, _, js = emu.api("GET", "tasks?$select=subject&$filter=" + flt)
+    eq([t["subject"] for t in js["value"]], ["Lead follow-up"])
+    # what real Dataverse rejects
+    t3 = "tasks(%s)" % uuid.uuid4()
+    st, _, js = emu.api("PATCH", t3, {
+        "subject": "s", "regardingobjectid_contact@odata.bind":
+        "/contacts(%s)" % contact}, {"If-None-Match": "*"})
+    eq((st, error_of(js)[0]), (400, "0x0"), "nav without _task suffix")
+    check("undeclared property 'regardingobjectid_contact'" in error_of(js)[1])
+    st, _, js = emu.api("PATCH", t3, {
+        "subject": "s", "regardingobjectid_contact_task@odata.bind":
+        "/leads(%s)" % lead}, {"If-None-Match": "*"})
+    eq(st, 400, "contact nav bound to a lead")
+    check("not assignable" in error_of(js)[1])
+    st, _, js = emu.api("PATCH", t3, {
+        "subject": "s", "ownerid@odata.bind": "/systemusers(%s)"
+        % uuid.uuid4()}, {"If-None-Match": "*"})
+    eq((st, error_of(js)[0]), (404, "0x80040217"), "unknown owner")
+    check(error_of(js)[1].startswith("systemuser With Id = "))
+    st, _, js = emu.api("PATCH", t3, {"subject": "s" * 201},
+                        {"If-None-Match": "*"})
+    eq((st, error_of(js)[0]), (400, "0x80044331"), "subject length")
+    st, _, js = emu.api("PATCH", t3, {"subject": "s",
+                                      "description": "d" * 2001},
+                        {"If-None-Match": "*"})
+    eq((st, error_of(js)[0]), (400, "0x80044331"), "description length")
+    st, _, js = emu.api("PATCH", t3, {"subject": "s",
+                                      "scheduledend": "tomorrow"},
+                        {"If-None-Match": "*"})
+    eq((st, error_of(js)[0]), (400, "0x0"), "scheduledend type")
+    eq(len(emu.admin("GET", "records/tasks")), 2, "nothing from rejects")
+    # extra users through the admin API
+    uid = str(uuid.uuid4())
+    emu.admin("POST", "records/systemusers", [{"systemuserid": uid,
+                                               "fullname": "Extra"}])
+    st, _, _ = emu.api("PATCH", "tasks(%s)" % tid,
+                       {"ownerid@odata.bind": "/systemusers(%s)" % uid},
+                       {"If-Match": "*"})
+    eq(st, 204, "reassign")
+    eq([t["_ownerid_value"] for t in emu.admin("GET", "records/tasks")
+        if t["activityid"] == tid], [uid])
+    emu.reset()
+    eq(len(emu.admin("GET", "records/systemusers")), 4,
+       "reset: two seeded users + one per client")
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:

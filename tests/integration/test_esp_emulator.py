@@ -4,8 +4,9 @@
 Starts the emulator as a subprocess on a free port, replays every recorded
 golden request (/work/shared/reference/golden/optimizely) whose operation the
 emulator implements and checks status, response shape and meaning; then
-checks sessions, every addAll3 code, clear, the batch limit, fault injection
-and the admin API.
+checks sessions, every addAll3 code, clear, the batch limit, fault injection,
+the admin API, and MailingWebservice.sendMail (every return code, the mail
+log, mailings from the admin API and --mailings, session expiry, faults).
 Run: python3 tests/integration/test_esp_emulator.py
 Prints "N passed, M failed" last and exits 1 when M > 0.
 """
@@ -773,6 +774,185 @@ def throughput(emu):
     print("  addAll3: %d recipients in %.1fs = %.0f/s (client included)"
           % (n, dt, rate))
     check(rate > 5000, "too slow: %.0f/s" % rate)
+
+
+# ---------------------------------------------------------------------------
+# sendMail (RpcMailing)
+
+def send_mail(emu, sid, mid, lid, rid, style="named"):
+    if style == "named":   # Savon style: sessionId last
+        parts = [("mailingId", mid), ("recipientListId", lid),
+                 ("recipientId", rid), ("sessionId", sid)]
+    else:                  # the WSDL's positional parts
+        parts = [("in0", sid), ("in1", mid), ("in2", lid), ("in3", rid)]
+    st, _, body = emu.soap("RpcMailing", envelope("RpcMailing", "sendMail",
+                                                  parts))
+    return st, decode(body), body
+
+
+def seed_send_fixture(emu):
+    emu.admin("POST", "reset")
+    got = emu.admin("POST", "mailings", {"id": "1001", "lists": ["2001"],
+                                         "type": "event",
+                                         "excluded": ["TG-Out@x.com"]})
+    eq(got, [{"id": "1001", "lists": ["2001"], "type": "event",
+              "excluded": ["tg-out@x.com"]}], "POST mailings")
+    emu.admin("POST", "mailings", [{"id": 1002, "lists": [2001],
+                                    "type": "regular"}])
+    emu.admin("POST", "blacklist", {"addresses": ["black@x.com",
+                                                  "*@spam.test"]})
+    emu.admin("POST", "unsubscribes", {"addresses": ["unsub@x.com",
+                                                     "rid-unsub"]})
+    emu.admin("POST", "bounced", {"addresses": ["bounce@x.com"]})
+    emu.admin("POST", "lists/2001", {"recipients": [
+        {"id": i, "email": e} for i, e in (
+            ("ok", "ok@x.com"), ("blk", "Black@x.com"),
+            ("pat", "someone@spam.test"), ("uns", "unsub@x.com"),
+            ("rid-unsub", "fine@x.com"), ("bnc", "bounce@x.com"),
+            ("tg", "tg-out@x.com"), ("a<&>\"'b", "odd@x.com"))]})
+    emu.admin("POST", "lists/2003", {"recipients": [
+        {"id": "ok", "email": "ok@x.com"}]})
+
+
+@test
+def send_mail_every_code(emu):
+    seed_send_fixture(emu)
+    eq([m["id"] for m in emu.admin("GET", "mailings")], ["1001", "1002"],
+       "GET mailings")
+    sid = emu.login()
+    cases = [("ok", 2001, 0), ("blk", 2001, 1), ("pat", 2001, 1),
+             ("uns", 2001, 2), ("rid-unsub", 2001, 2), ("nobody", 2001, 3),
+             ("ok", 2003, 4), ("ok", 7, 4), ("tg", 2001, 5), ("bnc", 2001, 6),
+             ("a<&>\"'b", 2001, 0)]
+    for rid, lid, want in cases:
+        st, v, body = send_mail(emu, sid, 1001, lid, rid)
+        eq((st, v), (200, want), "sendMail %s list %d: %s" % (rid, lid,
+                                                               body[:300]))
+    # recorded int shape: href to a multiRef, namespace RpcMailing
+    check('<sendMailReturn href="#id0"/>' in body, "href return")
+    check('xsi:type="xsd:int"' in body and "<multiRef " in body, "multiRef")
+    check('xmlns:ns1="urn:api.broadmail.de/soap11/RpcMailing"' in body, "ns")
+    eq(send_mail(emu, sid, 1001, 2001, "ok", style="positional")[:2],
+       (200, 0), "positional in0..in3")
+    mails = emu.admin("GET", "mails")
+    eq([{k: m[k] for k in ("mailing_id", "list_id", "recipient_id", "email")}
+        for m in mails],
+       [{"mailing_id": "1001", "list_id": "2001", "recipient_id": r,
+         "email": e} for r, e in (("ok", "ok@x.com"),
+                                  ("a<&>\"'b", "odd@x.com"),
+                                  ("ok", "ok@x.com"))], "mail log")
+    ts = [m["t"] for m in mails]
+    check(all(isinstance(t, float) for t in ts) and ts == sorted(ts)
+          and abs(ts[-1] - time.time()) < 60, "mail times %r" % ts)
+    s = emu.admin("GET", "stats")
+    eq(s["send_codes"], {"0": 3, "1": 2, "2": 2, "3": 1, "4": 2, "5": 1,
+                         "6": 1}, "send_codes")
+    eq(s["mails_sent"], 3, "mails_sent")
+    eq(s["calls"]["RpcMailing.sendMail"], 12, "calls")
+    # nothing else changed: sendMail never adds or removes recipients
+    eq(emu.admin("GET", "lists/2001")["count"], 8, "list untouched")
+    eq(emu.admin("DELETE", "mails"), {"deleted": 3}, "DELETE mails")
+    eq(emu.admin("GET", "mails"), [], "mail log reset")
+
+
+@test
+def send_mail_faults(emu):
+    seed_send_fixture(emu)
+    sid = emu.login()
+    st, v, _ = send_mail(emu, sid, 9999, 2001, "ok")
+    eq((st, v), (500, ("FAULT", "soapenv:Server.userException",
+                       EXC + "[%s,%s,%s] Mailing does not exist for call: "
+                       "mailingId='9999', recipientListId='2001', "
+                       "recipientId='ok'" % (sid, MANDATOR, USER))),
+       "unknown mailing")
+    st, v, _ = send_mail(emu, sid, 1002, 2001, "ok")
+    check(st == 500 and "not an event mailing" in v[2], "regular: %r" % (v,))
+    st, v, _ = send_mail(emu, sid, "x1", 2001, "ok")
+    eq((st, v[2]), (500, 'java.lang.NumberFormatException: For input '
+                         'string: "x1"'), "non-numeric mailingId")
+    # session expiry, then a fresh login works
+    emu.admin("POST", "expire-sessions")
+    st, v, _ = send_mail(emu, sid, 1001, 2001, "ok")
+    eq((st, v), (500, ("FAULT", "soapenv:Server.userException",
+                       SESSION_FAULT + sid)), "expired session")
+    sid = emu.login()
+    eq(send_mail(emu, sid, 1001, 2001, "ok")[:2], (200, 0), "after re-login")
+    # injected faults keyed by operation name
+    emu.admin("POST", "faults", {"script": [
+        {"fault": "session", "operation": "sendMail"},
+        {"fault": "http", "status": 503, "operation": "sendMail"},
+        {"fault": "server", "operation": "sendMail"}]})
+    eq(emu.call("getCount", [("sessionId", sid), ("recipientListId", 2001),
+                             ("recipientFilterId", 0)]), (200, 8),
+       "other operation passes")
+    st, v, _ = send_mail(emu, sid, 1001, 2001, "ok")
+    eq((st, v[2]), (500, SESSION_FAULT + sid), "injected session fault")
+    st, h, _ = emu.raw("POST", "/soap11/RpcMailing", envelope(
+        "RpcMailing", "sendMail", [("mailingId", 1001),
+                                   ("recipientListId", 2001),
+                                   ("recipientId", "ok"),
+                                   ("sessionId", sid)]))
+    eq((st, h["content-type"]), (503, "text/html"), "injected http 503")
+    st, v, _ = send_mail(emu, sid, 1001, 2001, "ok")
+    check(st == 500 and "Injected fault (server) for call: sendMail" in v[2],
+          "injected server fault: %r" % (v,))
+    eq(send_mail(emu, sid, 1001, 2001, "ok")[:2], (200, 0), "script used up")
+    eq(len(emu.admin("GET", "mails")), 2, "faulted calls send nothing")
+
+
+@test
+def send_mail_add2_resend(emu):
+    """The connector's flow: 3 (not found) -> add2 -> sendMail again."""
+    seed_send_fixture(emu)
+    sid = emu.login()
+    eq(send_mail(emu, sid, 1001, 2001, "new-1")[:2], (200, 3), "not found")
+    eq(emu.call("add2", [("recipientListId", 2001), ("optinProcessId", 0),
+                         ("recipientId", "new-1"), ("address", "new1@x.com"),
+                         ("attributeNames", []), ("attributeValues", []),
+                         ("sessionId", sid)]), (200, 0), "add2")
+    eq(send_mail(emu, sid, 1001, 2001, "new-1")[:2], (200, 0), "resend")
+    eq([(m["recipient_id"], m["email"]) for m in emu.admin("GET", "mails")],
+       [("new-1", "new1@x.com")], "mail log")
+    # admin mailing endpoints
+    eq(emu.admin("GET", "mailings/1001")["lists"], ["2001"], "GET one")
+    eq(emu.admin("DELETE", "mailings/1002")["id"], "1002", "DELETE one")
+    st, _, _ = emu.raw("GET", "/_admin/mailings/1002")
+    eq(st, 404, "deleted mailing")
+    st, _, _ = emu.raw("POST", "/_admin/mailings", {"lists": [1]})
+    eq(st, 400, "mailing without id")
+    # reset drops admin-made mailings (none came from the command line)
+    emu.admin("POST", "reset")
+    eq(emu.admin("GET", "mailings"), [], "reset mailings")
+    eq(emu.admin("GET", "mails"), [], "reset mails")
+    check(send_mail(emu, sid, 1001, 2001, "new-1")[0] == 500,
+          "mailing gone after reset")
+
+
+@test
+def send_mail_cli_mailings(emu):
+    e2 = Emu("--mailings", "1001:2001,2002; 1003:2001:regular")
+    try:
+        eq(e2.admin("GET", "mailings"),
+           [{"id": "1001", "lists": ["2001", "2002"], "type": "event",
+             "excluded": []},
+            {"id": "1003", "lists": ["2001"], "type": "regular",
+             "excluded": []}], "--mailings")
+        e2.admin("POST", "lists/2002", {"recipients": [
+            {"id": "r1", "email": "r1@x.com"}]})
+        sid = e2.login()
+        eq(send_mail(e2, sid, 1001, 2002, "r1")[:2], (200, 0), "second list")
+        check(send_mail(e2, sid, 1003, 2001, "r1")[0] == 500, "regular")
+        e2.admin("DELETE", "mailings")
+        check(send_mail(e2, sid, 1001, 2002, "r1")[0] == 500, "deleted")
+        e2.admin("POST", "reset")   # command-line mailings come back
+        eq(len(e2.admin("GET", "mailings")), 2, "reset restores --mailings")
+    finally:
+        e2.stop()
+    r = subprocess.run([sys.executable, EMULATOR, "--port", "0", "--quiet",
+                        "--mailings", "1001"], capture_output=True,
+                       timeout=30)
+    eq(r.returncode, 2, "bad --mailings rejected")
+    check(b"--mailings" in r.stderr, "usage error names the flag")
 
 
 def main():
