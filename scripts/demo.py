@@ -504,6 +504,134 @@ def http_json(url, body=None, timeout=30):
         return json.loads(r.read())
 
 
+# -- the trigger part ----------------------------------------------------
+# An abandoned-cart journey with second-scale durations (the real one in
+# workers/trigger/journeys.example.yaml waits hours): 6 carts, 2 buyers
+# check out after the first reminder, 1 cart is too small to qualify; and
+# a won opportunity -> task for the sales manager + CI-J custom trigger.
+
+DEMO_JOURNEYS = """journeys:
+  - id: abandoned-cart
+    start:
+      trigger: cart.abandoned
+      conditions:
+        - {attribute: cart_value, op: gte, value: "50"}
+    reentry: always
+    steps:
+      - reminder:
+          action: {type: esp_mail, mailing: "1001", list: "2001"}
+          first_after: 1s
+          every: 2s
+          max: 3
+          until: [checkout.completed]
+          deadline: 1h
+  - id: won-opportunity
+    start: {trigger: opportunity.won, kind: BUSINESS}
+    steps:
+      - action:
+          type: crm_task
+          subject: "Follow up {{attr.opportunity_name}}"
+          owner: "5a000000-0000-0000-0000-000000000001"
+          due_in: 2d
+      - action:
+          type: crm_trigger
+          name: msdynmkt_opportunitywon
+          parameters: {msdynmkt_textvariable1: "{{attr.opportunity_name}}"}
+"""
+
+
+def trigger_event(name, cid, email, attrs, kind="CUSTOM"):
+    return {"event_id": "demo-%s" % uuid.uuid4(), "tenant": "demo",
+            "occurred_at": int(time.time() * 1000),
+            "source_system": "demo-shop",
+            "recipient": {"entity_type": "contact", "entity_id": cid,
+                          "email": email},
+            "trigger_kind": kind, "trigger_name": name, "journey_id": None,
+            "attributes": attrs, "deadline": None,
+            "__key": "contact:%s" % cid}
+
+
+def trigger_run(st, procs):
+    """Starts an ESP emulator and the trigger worker, runs the journeys,
+    prints mails / tasks / custom triggers and returns mismatches."""
+    problems = []
+    hr("trigger: journeys (abandoned cart, won opportunity)")
+    pf = os.path.join(st.workdir, "esp-trigger.port")
+    p = st._start("esp-trigger", [sys.executable, os.path.join(
+        REPO, "tests", "emulators", "optimizely_emulator.py"), "--port", "0",
+        "--port-file", pf, "--mandator", "123", "--user", "demo-api",
+        "--password", "demo-esp-password", "--quiet", "--lists", "2001",
+        "--mailings", "1001:2001"])
+    esp = "http://127.0.0.1:%d" % int(st._wait_file(p, pf, 30))
+    path = os.path.join(st.workdir, "demo-journeys.yaml")
+    with open(path, "w") as f:
+        f.write(DEMO_JOURNEYS)
+    cfg = {"trigger.journeys": path, "trigger.tick_ms": 50,
+           "esp.base_url": esp + "/soap11", "esp.mandator_id": "123",
+           "esp.user": "demo-api"}
+    w = st.start_worker("trigger", st.worker_config("trigger", cfg),
+                        env={"CRMSYNC_ESP_PASSWORD": "demo-esp-password"})
+    w.wait_ready(60)
+    procs["trigger"] = w
+    print("  ESP emulator     %s" % esp)
+    print("  worker trigger   pid %d, metrics http://127.0.0.1:%s/metrics"
+          % (w.pid, w.metrics_port))
+    people = []
+    for i in range(7):
+        cid = str(uuid.uuid4())
+        email = "shopper%d@trigger-demo.example" % i
+        st.dv_admin("POST", "/_admin/records/contacts",
+                    {"contactid": cid, "emailaddress1": email,
+                     "firstname": "Shopper", "lastname": str(i)})
+        people.append((cid, email))
+    values = ["120", "80", "65", "300", "55", "20"]
+    topic = DEFAULT_TOPICS["trigger"]
+    st.produce(topic, [trigger_event("cart.abandoned", c, e,
+                                     {"cart_value": v})
+                       for (c, e), v in zip(people, values)], schema_id=6)
+    st.produce(topic, [trigger_event(
+        "opportunity.won", people[6][0], people[6][1],
+        {"opportunity_name": "Fleet renewal 2027"}, kind="BUSINESS")],
+        schema_id=6)
+    print("6 abandoned carts (one of 20 EUR, below the journey's 50) and "
+          "1 won opportunity -> %s" % topic)
+
+    def mails():
+        return http_json(esp + "/_admin/mails")
+
+    st.wait_for(lambda: len(mails()) >= 5, 30, 0.1, "first reminders")
+    st.produce(topic, [trigger_event("checkout.completed", c, e, {})
+                       for c, e in people[:2]], schema_id=6)
+    print("2 shoppers check out after the first reminder")
+    st.wait_for(lambda: len(mails()) >= 11, 30, 0.1, "all reminders")
+    time.sleep(3)
+    got = collections.Counter(m["recipient_id"] for m in mails())
+    print("%-36s %s" % ("reminder mails (mailing 1001) to", "count"))
+    for _, e in people[:6]:
+        print("%-36s %d" % (e, got.get(e, 0)))
+    want = {people[0][1]: 1, people[1][1]: 1, people[2][1]: 3,
+            people[3][1]: 3, people[4][1]: 3}
+    ok = dict(got) == want
+    if not ok:
+        problems.append("reminders: got %s, expected %s" % (dict(got), want))
+    print("checkout stops reminders, max 3 otherwise, small cart none -> %s"
+          % ("OK" if ok else "MISMATCH"))
+    tasks = [t for t in st.dv_admin("GET", "/_admin/records/tasks")
+             if t.get("_regardingobjectid_value") == people[6][0]]
+    calls = [a for a in st.dv_admin("GET", "/_admin/actions")
+             if a["action"] == "msdynmkt_opportunitywon"]
+    print("won opportunity: %d task(s) %s; %d custom trigger call(s) %s" % (
+        len(tasks), [t.get("subject") for t in tasks], len(calls),
+        [c["parameters"].get("msdynmkt_textvariable1") for c in calls]))
+    if len(tasks) != 1 or len(calls) != 1:
+        problems.append("won opportunity: %d tasks, %d triggers, expected "
+                        "1 and 1" % (len(tasks), len(calls)))
+    print("crmsync_trigger_actions_total: %s" % {
+        k: v for k, v in w.metrics().items()
+        if k.startswith("crmsync_trigger_actions_total")})
+    return problems
+
+
 def listsync_run(st, ldemo, bdemo, procs):
     """Starts the ESP emulator and the list-sync worker, produces the
     daily request (and its retry), waits for the job, prints the summary
@@ -664,8 +792,9 @@ def main():
 
     built = [w for w in sorted(DEFAULT_TOPICS) if os.path.exists(
         os.path.join(args.build_dir, "workers", "crmsync-" + w))]
-    # list-sync needs the ESP emulator: started later by its own part
-    workers = [w for w in built if w != "listsync"]
+    # list-sync and trigger need the ESP emulator: started later by their
+    # own parts
+    workers = [w for w in built if w not in ("listsync", "trigger")]
     with Stack(build_dir=os.path.abspath(args.build_dir),
                source_dir=REPO) as st:
         print("starting mock Kafka cluster, redis-server, Dataverse emulator")
@@ -800,6 +929,9 @@ def main():
             # the same Redis sets.
             ldemo.setup(st, bdemo)
             problems += listsync_run(st, ldemo, bdemo, procs)
+
+        if "trigger" in built:
+            problems += trigger_run(st, procs)
 
         hr("result")
         for p in problems:
