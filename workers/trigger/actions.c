@@ -10,6 +10,7 @@
 #include "common/avro_codec.h"
 #include "common/config.h"
 #include "common/crm.h"
+#include "common/email.h"
 #include "common/esp.h"
 #include "common/isotime.h"
 #include "common/log.h"
@@ -314,6 +315,62 @@ static const char *const send_codes[] = {
     "sent",         "blacklisted",  "unsubscribed", "recipient-not-found",
     "invalid-list", "target-group", "bounced",      "other"};
 
+/* Fills jb->email of mail jobs: the stored address, else the profile's
+ * current emailaddress1 read from the CRM (one $batch of GETs). */
+static void lookup_emails(struct actions *a, struct action_job *jobs, size_t n)
+{
+    struct crm_op *ops = calloc(n + 1, sizeof(*ops));
+    size_t *idx = calloc(n + 1, sizeof(*idx));
+    size_t k = 0;
+    char errstr[256];
+    enum cs_err err;
+
+    if (!ops || !idx)
+        goto out_free;
+    for (size_t i = 0; i < n; i++) {
+        const struct jr_action *act = jobs[i].ea->a;
+        char path[160];
+        if (jobs[i].result != ACT_PENDING || !act ||
+            act->type != JR_ACT_ESP_MAIL)
+            continue;
+        snprintf(jobs[i].email, sizeof(jobs[i].email), "%s", jobs[i].in->email);
+        if (jobs[i].email[0] || !jobs[i].in->pid[0])
+            continue;
+        snprintf(path, sizeof(path), "%ss(%s)?$select=emailaddress1",
+                 jobs[i].in->ptype, jobs[i].in->pid);
+        ops[k] = (struct crm_op){.method = "GET", .path = strdup(path)};
+        idx[k++] = i;
+    }
+    if (k == 0)
+        goto out_free;
+    err = a->crm->ops->execute(a->crm->self, ops, k, errstr, sizeof(errstr));
+    for (size_t x = 0; x < k; x++) {
+        struct action_job *jb = &jobs[idx[x]];
+        const char *e = NULL;
+        if (ops[x].result == CRM_OP_OK && ops[x].response)
+            e = json_string_value(
+                json_object_get(ops[x].response, "emailaddress1"));
+        if (e && email_normalize(e, jb->email, sizeof(jb->email)))
+            continue;
+        jb->email[0] = '\0';
+        if (ops[x].result == CRM_OP_OK || ops[x].result == CRM_OP_NOT_FOUND)
+            continue; /* no (valid) address: refused below */
+        if (ops[x].result == CRM_OP_FAILED)
+            set(jb, ACT_FAILED, "crm-rejected: ", ops[x].error);
+        else
+            set(jb, ACT_RETRY,
+                "crm: ", err != CS_ERR_OK ? errstr : ops[x].error);
+    }
+out_free:
+    for (size_t x = 0; ops && x < k; x++) {
+        free(ops[x].path);
+        if (ops[x].response)
+            json_decref(ops[x].response);
+    }
+    free(ops);
+    free(idx);
+}
+
 static void run_mail(struct actions *a, struct store *st,
                      struct action_job *jobs, size_t n, int64_t now_ms)
 {
@@ -326,12 +383,14 @@ static void run_mail(struct actions *a, struct store *st,
 
     if (!ids || !idx || !prev)
         goto out_free;
+    if (a->esp)
+        lookup_emails(a, jobs, n);
     for (size_t i = 0; i < n; i++) {
         const struct jr_action *act = jobs[i].ea->a;
         if (jobs[i].result != ACT_PENDING || !act ||
             act->type != JR_ACT_ESP_MAIL)
             continue;
-        if (!a->esp || !jobs[i].in->email[0]) {
+        if (!a->esp || !jobs[i].email[0]) {
             set(&jobs[i], ACT_FAILED,
                 a->esp ? "profile-without-email: an esp_mail needs the "
                          "profile's email"
@@ -379,8 +438,8 @@ static void run_mail(struct actions *a, struct store *st,
             continue;
         }
         err = a->esp->ops->send_mail(a->esp->self, act->mailing, act->list,
-                                     jb->in->email, jb->in->email, &code,
-                                     errstr, sizeof(errstr));
+                                     jb->email, jb->email, &code, errstr,
+                                     sizeof(errstr));
         if (err != CS_ERR_OK && cs_err_retryable(err)) {
             down = true; /* the rest waits: the ESP is down */
             set(jb, ACT_RETRY, "esp: ", errstr);

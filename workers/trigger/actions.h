@@ -7,7 +7,9 @@
  *               the change set fails with 412 and the trigger is not fired
  *               again (the CRM itself guarantees exactly once).
  *  crm_task     create-only tasks(<action id>).
- *  esp_mail     Redis marker "sending" (store_mark_sending), sendMail, marker
+ *  esp_mail     the address: stored with e-mail-only profiles, else read
+ *               from the CRM (one $batch of GETs: the current address);
+ *               Redis marker "sending" (store_mark_sending), sendMail, marker
  *               "sent". A marker found "sent" skips the mail; one found
  *               "sending" means a sender died between the two: the mail
  *               may or may not be out - trigger.esp_on_uncertain decides
@@ -56,6 +58,8 @@ struct action_job {
     const struct engine_action *ea; /* borrowed */
     const struct instance *in;      /* borrowed */
     const struct journey *j;        /* borrowed */
+    char email[256]; /* esp_mail: the address (stored, or read from the
+                        CRM for entity profiles) */
     enum action_result result;
     char reason[256];
     long retry_after_ms;

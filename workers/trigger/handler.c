@@ -55,6 +55,30 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static bool has_email_var(const char *tmpl)
+{
+    return tmpl && strstr(tmpl, "profile.email") != NULL;
+}
+
+/* Does a template of @p j use {{profile.email}}? Then the instance keeps
+ * the address even when the profile has an id. */
+static bool uses_email(const struct journey *j)
+{
+    for (size_t s = 0; s < j->nsteps; s++) {
+        const struct jr_action *a = &j->steps[s].action;
+        if (j->steps[s].kind != JR_STEP_ACTION &&
+            j->steps[s].kind != JR_STEP_REMINDER)
+            continue;
+        if (has_email_var(a->subject) || has_email_var(a->description) ||
+            has_email_var(a->owner))
+            return true;
+        for (size_t i = 0; i < a->nparams; i++)
+            if (has_email_var(a->params[i].tmpl))
+                return true;
+    }
+    return false;
+}
+
 /* Fills the start op of @p ev in journey @p j. */
 static enum cs_err start_op(const struct journey *j,
                             const struct trigger_event *ev, struct store_op *op)
@@ -80,7 +104,8 @@ static enum cs_err start_op(const struct journey *j,
         snprintf(in.ptype, sizeof(in.ptype), "%s", ev->entity_type);
         snprintf(in.pid, sizeof(in.pid), "%s", ev->entity_id);
     }
-    snprintf(in.email, sizeof(in.email), "%s", ev->email);
+    if (!ev->entity_id || uses_email(j)) /* else read when a mail goes */
+        snprintf(in.email, sizeof(in.email), "%s", ev->email);
     in.nattrs = j->nattrs < INST_ATTRS_MAX ? j->nattrs : INST_ATTRS_MAX;
     for (size_t i = 0; i < in.nattrs; i++)
         in.attrs[i] = (char *)jr_attrs_get(&ev->attrs, j->attrs[i]);

@@ -93,6 +93,16 @@ static void put_u32(struct buf *b, uint32_t v)
     buf_append(b, x, 4);
 }
 
+uint32_t instance_journey_hash(const char *id)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+        h ^= *p;
+        h *= 16777619u;
+    }
+    return h;
+}
+
 static void put_str8(struct buf *b, const char *s)
 {
     size_t n = strlen(s);
@@ -130,7 +140,7 @@ enum cs_err instance_encode(const struct instance *in, bool header_only,
         uint8_t g[16];
         uint8_t n = (uint8_t)in->nattrs;
         put_str8(out, in->tenant);
-        put_str8(out, in->journey);
+        put_u32(out, instance_journey_hash(in->journey));
         buf_append(out, &code, 1);
         if (code) {
             guid_bytes(in->pid, g);
@@ -221,7 +231,7 @@ enum cs_err instance_decode(const void *blob, size_t len, struct instance *in)
     if (r.left == 0)
         return CS_ERR_OK; /* header only (an ended instance) */
     get_str8(&r, in->tenant, sizeof(in->tenant));
-    get_str8(&r, in->journey, sizeof(in->journey));
+    in->journey_hash = get_u32(&r);
     p = take(&r, 1);
     if (p && *p) {
         const uint8_t *g = take(&r, 16);

@@ -18,8 +18,12 @@
  *     slot_n u16   sub-slot within it
  *   instance id, 8 bytes: derived from the start event's id, so action
  *                  ids differ between re-entries and repeat on replays
- *   context (C only; dropped when the instance ends): tenant, journey id,
- *     profile (type byte + 16-byte GUID, or email), stored attributes.
+ *   context (C only; dropped when the instance ends): tenant, journey
+ *     (4-byte hash of its id: instance_journey_hash, unique per file),
+ *     profile (type byte + 16-byte GUID), e-mail (only when the profile has
+ *     no id or a template uses it: mails to entity profiles read the
+ *     address from the CRM), stored attributes. Small enough (~55 bytes
+ *     for a contact) to stay below Redis's listpack value limit (64).
  *
  * The key: 12 bytes of UUIDv5(tenant|journey|profile) (96 bits: no
  * collision in practice), stored as a field of one of 16384 shard hashes
@@ -55,7 +59,9 @@ struct instance {
     uint8_t id[INST_ID_LEN];
     /* context */
     char tenant[65];
-    char journey[JOURNEY_ID_MAX + 1];
+    char journey[JOURNEY_ID_MAX + 1]; /* encode: from here; decode: "" -
+                                         the caller looks journey_hash up */
+    uint32_t journey_hash;            /* set by decode */
     char ptype[8]; /* "contact" | "lead" | "account" | "" (email only) */
     char pid[37];  /* GUID or "" */
     char email[256];
@@ -67,6 +73,9 @@ struct instance {
 void instance_key(const char *tenant, const char *journey, const char *ptype,
                   const char *pid, const char *email,
                   uint8_t key[INST_KEY_LEN]);
+
+/** @brief The 4-byte hash a blob stores instead of the journey id. */
+uint32_t instance_journey_hash(const char *id);
 
 /** @brief The instance id derived from the start event's id. */
 void instance_id_from_event(const char *event_id, uint8_t id[INST_ID_LEN]);

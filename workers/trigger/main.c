@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/runtime.h"
 #include "workers/trigger/handler.h"
+#include "workers/trigger/instance.h"
 #include "workers/trigger/timer.h"
 
 static volatile sig_atomic_t run = 1; /* cleared by SIGTERM / SIGINT */
@@ -52,6 +53,15 @@ int main(int argc, char **argv)
         LOG_ERROR("startup failed: %s", errstr);
         goto out_free_config;
     }
+    for (size_t i = 0; i < js.n; i++)
+        for (size_t k = i + 1; k < js.n; k++)
+            if (instance_journey_hash(js.j[i].id) ==
+                instance_journey_hash(js.j[k].id)) {
+                LOG_ERROR("startup failed: journeys '%s' and '%s' have the "
+                          "same 32-bit hash (instances store it): rename one",
+                          js.j[i].id, js.j[k].id);
+                goto out_free_journeys;
+            }
     if (runtime_open(&rt, &cfg, errstr, sizeof(errstr)) != CS_ERR_OK) {
         LOG_ERROR("startup failed: %s", errstr);
         goto out_free_journeys;

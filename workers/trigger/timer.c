@@ -59,12 +59,17 @@ static void nap(const struct timer *t, long ms)
     }
 }
 
+/* The journey of a decoded instance (by the hash its blob stores); fills
+ * in->journey with the id. NULL when no journey of the file has it. */
 static const struct journey *find_journey(const struct journey_set *js,
-                                          const char *id)
+                                          struct instance *in)
 {
     for (size_t i = 0; i < js->n; i++)
-        if (strcmp(js->j[i].id, id) == 0)
+        if (instance_journey_hash(js->j[i].id) == in->journey_hash) {
+            snprintf(in->journey, sizeof(in->journey), "%s", js->j[i].id);
             return &js->j[i];
+        }
+    snprintf(in->journey, sizeof(in->journey), "#%08x", in->journey_hash);
     return NULL;
 }
 
@@ -172,7 +177,7 @@ static long round_once(struct timer *t)
             p->done = true;
             continue;
         }
-        js[i] = find_journey(t->js, c->inst.journey);
+        js[i] = find_journey(t->js, &c->inst);
         if (!js[i]) {
             LOG_WARN("instance of journey '%s' (no longer configured) ended",
                      c->inst.journey);
