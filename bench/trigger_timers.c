@@ -63,8 +63,9 @@ struct results {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: crmsync-bench-trigger_timers --redis URL [--n N] "
-               "[--lag-n L] [--lag-window-s W] [--backlog B]\n"
-               "  runs FLUSHALL on the target\n");
+               "[--lag-n L] [--lag-window-s W] [--backlog B] [--keep]\n"
+               "  runs FLUSHALL on the target; --keep leaves the last phase's\n"
+               "  data in Redis (to inspect it, e.g. MEMORY USAGE per key)\n");
 }
 
 static bool parse_long(const char *s, long min, long max, long *out)
@@ -307,6 +308,7 @@ int main(int argc, char **argv)
     char err[256] = "";
     int rc = 1;
     int64_t *lags = NULL;
+    bool keep = false;
 
     memset(&res, 0, sizeof(res));
     for (int i = 1; i < argc; i++) {
@@ -322,6 +324,8 @@ int main(int argc, char **argv)
             ok = parse_long(argv[++i], 1, 86400, &bo.lag_window_s);
         else if (strcmp(argv[i], "--backlog") == 0 && has_val)
             ok = parse_long(argv[++i], 0, 100000000, &bo.backlog);
+        else if (strcmp(argv[i], "--keep") == 0)
+            keep = true;
         else if (strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -407,7 +411,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "backlog: only %ld of %ld timers fired\n", fired,
                     bo.backlog);
     }
-    flush(admin);
+    if (!keep)
+        flush(admin);
 
     printf("| figure | value |\n|---|---|\n");
     printf("| pending timers (memory run) | %ld |\n", bo.n);

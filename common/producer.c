@@ -62,6 +62,34 @@ void producer_free(struct producer *p)
     free(p);
 }
 
+enum cs_err producer_warm(struct producer *p, const char *topic, int timeout_ms,
+                          char *errstr, size_t errstr_size)
+{
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err;
+    enum cs_err ret = CS_ERR_OK;
+
+    if (!rkt) {
+        snprintf(errstr, errstr_size, "topic %s: %s", topic,
+                 rd_kafka_err2str(rd_kafka_last_error()));
+        return CS_ERR_KAFKA;
+    }
+    err = rd_kafka_metadata(p->rk, 0, rkt, &md, timeout_ms);
+    if (!err && (md->topic_cnt != 1 || md->topics[0].err))
+        err = md->topic_cnt == 1 ? md->topics[0].err
+                                 : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+    if (err) {
+        snprintf(errstr, errstr_size, "topic %s: %s", topic,
+                 rd_kafka_err2str(err));
+        ret = CS_ERR_KAFKA;
+    }
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    return ret;
+}
+
 enum cs_err producer_send(struct producer *p, const char *topic,
                           const void *key, size_t key_len, const void *value,
                           size_t len)

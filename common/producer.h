@@ -23,6 +23,19 @@ struct producer *producer_new(const struct config *cfg, char *errstr,
                               size_t errstr_size);
 void producer_free(struct producer *p); /* flushes up to 5 s; NULL ok */
 
+/**
+ * @brief Fetches @p topic's metadata now (connecting to its leaders), so
+ *        the first producer_send() to it does not wait for a metadata
+ *        round trip (~1 s on the first fire of a journey otherwise).
+ * @param topic borrowed.
+ * @returns CS_ERR_OK; CS_ERR_KAFKA when the cluster did not answer within
+ *          @p timeout_ms or does not know the topic (detail in errstr).
+ *          Callers treat a failure as a warning: sends still work once the
+ *          topic exists.
+ */
+enum cs_err producer_warm(struct producer *p, const char *topic, int timeout_ms,
+                          char *errstr, size_t errstr_size);
+
 /** @returns CS_ERR_OK when queued, CS_ERR_KAFKA otherwise. */
 enum cs_err producer_send(struct producer *p, const char *topic,
                           const void *key, size_t key_len, const void *value,

@@ -43,6 +43,29 @@ static bool uses_mail(const struct journey_set *js)
     return false;
 }
 
+/* Fetches the metadata of every topic the journeys produce to, so the first
+ * fire does not wait for it; a missing topic is only a warning (it may be
+ * created later; sends fail and retry until it exists). */
+static void warm_topics(struct actions *a, const struct journey_set *js)
+{
+    char err[256];
+    const char *fixed[] = {a->tc->derived_topic, a->tc->actions_dlq};
+
+    for (size_t i = 0; i < 2; i++)
+        if (fixed[i][0] && producer_warm(a->producer, fixed[i], 2000, err,
+                                         sizeof(err)) != CS_ERR_OK)
+            LOG_WARN("producer: %s", err);
+    for (size_t i = 0; i < js->n; i++)
+        for (size_t s = 0; s < js->j[i].nsteps; s++) {
+            const struct jr_step *st = &js->j[i].steps[s];
+            if ((st->kind == JR_STEP_ACTION || st->kind == JR_STEP_REMINDER) &&
+                st->action.type == JR_ACT_PRODUCE &&
+                producer_warm(a->producer, st->action.topic, 2000, err,
+                              sizeof(err)) != CS_ERR_OK)
+                LOG_WARN("journey %s: producer: %s", js->j[i].id, err);
+        }
+}
+
 struct actions *actions_new(const struct config *cfg,
                             const struct trigger_config *tc,
                             const struct journey_set *js, struct metrics *m,
@@ -62,6 +85,7 @@ struct actions *actions_new(const struct config *cfg,
     a->producer = producer_new(cfg, errstr, errstr_size);
     if (!a->producer)
         goto out_fail;
+    warm_topics(a, js);
     a->codec = avro_codec_new(cfg->schema_registry_url, cfg->schemas_dir,
                               errstr, errstr_size);
     if (!a->codec)

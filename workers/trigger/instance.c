@@ -70,13 +70,17 @@ void instance_id_from_event(const char *event_id, uint8_t id[INST_ID_LEN])
 void instance_action_id(const struct instance *in, unsigned pc, unsigned iter,
                         char out[37])
 {
-    char name[256];
+    char name[512];
     char hex[2 * INST_ID_LEN + 1];
 
     for (size_t i = 0; i < INST_ID_LEN; i++)
         snprintf(hex + 2 * i, 3, "%02x", in->id[i]);
-    snprintf(name, sizeof(name), "%s|%s|%s|%u|%u", in->tenant, in->journey, hex,
-             pc, iter);
+    if (in->ptype[0] && in->pid[0])
+        snprintf(name, sizeof(name), "%s|%s|%s:%s|%s|%u|%u", in->tenant,
+                 in->journey, in->ptype, in->pid, hex, pc, iter);
+    else
+        snprintf(name, sizeof(name), "%s|%s|email:%s|%s|%u|%u", in->tenant,
+                 in->journey, in->email, hex, pc, iter);
     odata_uuid5(NS_ACTION, name, out);
 }
 

@@ -14,10 +14,11 @@
  *     iter u8      step phase: reminders sent so far + 1, or 1 = waiting
  *     started u32  journey start, epoch seconds (event time)
  *     deadline u32 the start trigger's deadline, epoch seconds (0 none)
- *     slot u32     wheel slot of the pending timer (due / 10 s), 0 none
+ *     slot u32     wheel slot of the pending timer (due / 60 s), 0 none
  *     slot_n u16   sub-slot within it
- *   instance id, 8 bytes: derived from the start event's id, so action
- *                  ids differ between re-entries and repeat on replays
+ *   instance id, 4 bytes: derived from the start event's id, so action
+ *                  ids (which also name the profile) differ between
+ *                  re-entries and repeat on replays
  *   context (C only; dropped when the instance ends): tenant, journey
  *     (4-byte hash of its id: instance_journey_hash, unique per file),
  *     profile (type byte + 16-byte GUID), e-mail (only when the profile has
@@ -25,9 +26,9 @@
  *     address from the CRM), stored attributes. Small enough (~55 bytes
  *     for a contact) to stay below Redis's listpack value limit (64).
  *
- * The key: 12 bytes of UUIDv5(tenant|journey|profile) (96 bits: no
- * collision in practice), stored as a field of one of 16384 shard hashes
- * so each stays a small listpack.
+ * The key: 10 bytes of UUIDv5(tenant|journey|profile) (80 bits: the chance
+ * of any collision among 100 million instances is ~4e-9), stored as a
+ * field of one of 16384 shard hashes so each stays a small listpack.
  *
  * Ownership: struct instance owns its attribute value copies
  * (instance_clear frees them).
@@ -43,9 +44,9 @@
 #include "common/err.h"
 #include "workers/trigger/journey.h"
 
-#define INST_KEY_LEN   12
+#define INST_KEY_LEN   10
 #define INST_HDR_LEN   19
-#define INST_ID_LEN    8
+#define INST_ID_LEN    4
 #define INST_ATTRS_MAX 32
 
 enum inst_status { INST_ACTIVE = 1, INST_DONE = 2, INST_EXITED = 3 };
@@ -69,7 +70,7 @@ struct instance {
     char *attrs[INST_ATTRS_MAX]; /* values in journey.attrs order (owned) */
 };
 
-/** @brief The instance key (12 bytes) of a profile in a journey. */
+/** @brief The instance key (10 bytes) of a profile in a journey. */
 void instance_key(const char *tenant, const char *journey, const char *ptype,
                   const char *pid, const char *email,
                   uint8_t key[INST_KEY_LEN]);
@@ -99,7 +100,10 @@ void instance_clear(struct instance *in);
 
 /**
  * @brief The deterministic id of an action: UUIDv5 of tenant, journey,
- *        instance id, step and iteration (36 chars + NUL).
+ *        profile (type and id, else e-mail: what the key is made of),
+ *        instance id, step and iteration (36 chars + NUL). The profile is
+ *        part of it because the 4-byte instance id is unique only among the
+ *        re-entries of one profile.
  */
 void instance_action_id(const struct instance *in, unsigned pc, unsigned iter,
                         char out[37]);

@@ -19,8 +19,16 @@
 
 #define NUM_MAX 24
 
+/* The scripts address the blob as header (bytes 1..19) + instance id
+ * (20..INST_ID_END) + context. */
+#define INST_ID_END_STR "23"
+_Static_assert(INST_HDR_LEN == 19 && INST_HDR_LEN + INST_ID_LEN == 23,
+               "store.c's Lua offsets follow instance.h's blob layout");
+
 #define PRELUDE                                                                \
     "local HDR = '<HBBBI4I4I4H'\n"                                             \
+    "local SLOT = " STORE_SLOT_MS_STR "\n"                                     \
+    "local IDEND = " INST_ID_END_STR "\n"                                      \
     "local function shard(k)\n"                                                \
     "  return 'cs:tr:s:' .. string.format('%04x', (string.byte(k, 1) * 256 "   \
     "+ string.byte(k, 2)) % 16384)\n"                                          \
@@ -39,12 +47,19 @@
     "  return string.format('cs:tr:w:%d:%d', slot, n)\n"                       \
     "end\n"                                                                    \
     "local function wdel(h, k)\n"                                              \
-    "  if h.slot > 0 then redis.call('HDEL', wkey(h.slot, h.sn), k) end\n"     \
+    "  if h.slot > 0 then\n"                                                   \
+    "    local w = wkey(h.slot, h.sn)\n"                                       \
+    "    redis.call('HDEL', w, k)\n"                                           \
+    "    if redis.call('EXISTS', w) == 0 then\n"                               \
+    "      redis.call('ZREM', 'cs:tr:wi', string.format('%d:%d', h.slot, "     \
+    "h.sn))\n"                                                                 \
+    "    end\n"                                                                \
+    "  end\n"                                                                  \
     "  h.slot = 0\n"                                                           \
     "  h.sn = 0\n"                                                             \
     "end\n"                                                                    \
     "local function wadd(h, k, due)\n"                                         \
-    "  local slot = math.floor(due / 10000)\n"                                 \
+    "  local slot = math.floor(due / SLOT)\n"                                  \
     "  local n = tonumber(redis.call('HGET', 'cs:tr:wn', slot) or '0')\n"      \
     "  local w = wkey(slot, n)\n"                                              \
     "  if redis.call('HLEN', w) >= 120 then\n"                                 \
@@ -52,7 +67,7 @@
     "    redis.call('HSET', 'cs:tr:wn', slot, n)\n"                            \
     "    w = wkey(slot, n)\n"                                                  \
     "  end\n"                                                                  \
-    "  redis.call('HSET', w, k, struct.pack('<H', due - slot * 10000))\n"      \
+    "  redis.call('HSET', w, k, struct.pack('<H', due - slot * SLOT))\n"       \
     "  redis.call('ZADD', 'cs:tr:wi', 'LT', due, string.format('%d:%d', "      \
     "slot, n))\n"                                                              \
     "  h.slot = slot\n"                                                        \
@@ -74,7 +89,7 @@ static const char TRANSITION[] = PRELUDE
     "    local n = hdr(blob)\n"
     "    if cur then\n"
     "      local h = hdr(cur)\n"
-    "      if string.sub(cur, 20, 27) == string.sub(blob, 20, 27) then "
+    "      if string.sub(cur, 20, IDEND) == string.sub(blob, 20, IDEND) then "
     "res = 'duplicate'\n"
     "      elseif h.st == 1 then res = 'active'\n"
     "      elseif n.started < h.started then res = 'older'\n"
@@ -112,7 +127,7 @@ static const char TRANSITION[] = PRELUDE
     "      h.ver = h.ver + 1\n"
     "      if to == 255 then\n"
     "        h.st = 3\n"
-    "        redis.call('HSET', sk, k, phdr(h) .. string.sub(cur, 20, 27))\n"
+    "        redis.call('HSET', sk, k, phdr(h) .. string.sub(cur, 20, IDEND))\n"
     "        res = 'exited'\n"
     "      else\n"
     "        h.pc, h.it = to, 0\n"
@@ -130,7 +145,7 @@ static const char TRANSITION[] = PRELUDE
 static const char CLAIM[] = PRELUDE
     "local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), "
     "tonumber(ARGV[3])\n"
-    "local cur_slot = math.floor(now / 10000)\n"
+    "local cur_slot = math.floor(now / SLOT)\n"
     "local out = {}\n"
     "local leased = {}\n"
     "local slots = redis.call('ZRANGEBYSCORE', 'cs:tr:wi', '-inf', now, "
@@ -144,7 +159,7 @@ static const char CLAIM[] = PRELUDE
     "  local min, partial = nil, false\n"
     "  for i = 1, #all, 2 do\n"
     "    local k = all[i]\n"
-    "    local due = slot * 10000 + struct.unpack('<H', all[i + 1])\n"
+    "    local due = slot * SLOT + struct.unpack('<H', all[i + 1])\n"
     "    if due <= now and #out < 3 * limit then\n"
     "      redis.call('HDEL', w, k)\n"
     "      local sk = shard(k)\n"
@@ -208,7 +223,7 @@ static const char COMPLETE[] = PRELUDE
     "        else\n"
     "          n.st = 2\n"
     "          redis.call('HSET', sk, k, phdr(n) .. string.sub(blob, 20, "
-    "27))\n"
+    "IDEND))\n"
     "        end\n"
     "      end\n"
     "    end\n"

@@ -3,10 +3,10 @@
  * scripts (atomic, one round trip per call, safe with many replicas).
  *
  * Layout (docs/trigger.md):
- *   cs:tr:s:<xxxx>      16384 shard hashes: instance key (12 bytes) ->
+ *   cs:tr:s:<xxxx>      16384 shard hashes: instance key (10 bytes) ->
  *                       state blob (instance.h)
  *   cs:tr:w:<slot>:<n>  timer wheel: hashes of <= 120 entries, instance
- *                       key -> due offset in the 10 s slot (u16 ms); the
+ *                       key -> due offset in the 60 s slot (u16 ms); the
  *                       instance header names its slot, so a transition
  *                       removes the timer without a search
  *   cs:tr:wi            sorted set of wheel hashes by their earliest due
@@ -36,6 +36,14 @@
 #include "workers/trigger/instance.h"
 
 #include "common/redis_conn.h"
+
+/* Width of a wheel slot. Wide enough that a million timers spread over a
+ * week share ~10k wheel hashes (each costs ~170 bytes of key and index
+ * overhead), narrow enough that the due offset fits the entry's u16 ms.
+ * Firing precision does not depend on it: the index is scored by each
+ * hash's earliest due time. */
+#define STORE_SLOT_MS     60000
+#define STORE_SLOT_MS_STR "60000"
 
 /* The scripts plus the borrowed connection (store_init). */
 struct store {
