@@ -487,6 +487,16 @@ static void test_markers(void **state)
         store_mark_sending(&fx->store, ids, 1, now, prev, err, sizeof(err)),
         CS_ERR_OK);
     assert_int_equal(prev[0], 'd');
+    /* taking "sending" back: id-b was never handed to the ESP, so its
+       re-fire finds no marker; id-a stays sent */
+    assert_int_equal(
+        store_mark_unsent(&fx->store, ids, 2, now, err, sizeof(err)),
+        CS_ERR_OK);
+    assert_int_equal(
+        store_mark_sending(&fx->store, ids, 2, now, prev, err, sizeof(err)),
+        CS_ERR_OK);
+    assert_int_equal(prev[0], 'd');
+    assert_int_equal(prev[1], 0);
 
     /* sent yesterday, re-fired after midnight */
     assert_int_equal(store_mark_sent(&fx->store, c_id, 1, now - 86400000LL, err,

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/avro_codec.h"
 #include "common/config.h"
@@ -141,6 +142,13 @@ bool actions_healthy(struct actions *a)
 }
 
 /* Sets a job's result with the reason "<prefix><detail>". */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void set(struct action_job *j, enum action_result r, const char *prefix,
                 const char *detail)
 {
@@ -399,13 +407,14 @@ static void run_mail(struct actions *a, struct store *st,
                      struct action_job *jobs, size_t n, int64_t now_ms)
 {
     const char **ids = calloc(n + 1, sizeof(*ids));
+    const char **unsent = calloc(n + 1, sizeof(*unsent));
     size_t *idx = calloc(n + 1, sizeof(*idx));
     char *prev = calloc(n + 1, 1);
-    size_t k = 0, nsent = 0;
+    size_t k = 0, nsent = 0, nunsent = 0, deferred = 0;
     char errstr[256];
     bool down = false;
 
-    if (!ids || !idx || !prev)
+    if (!ids || !unsent || !idx || !prev)
         goto out_free;
     if (a->esp)
         lookup_emails(a, jobs, n);
@@ -457,8 +466,17 @@ static void run_mail(struct actions *a, struct store *st,
                 continue;
             }
         }
-        if (down) {
-            set(jb, ACT_RETRY, "esp: ", errstr);
+        if (down || wall_ms() - now_ms > a->tc->lease_ms / 2) {
+            /* never handed to the ESP: the re-fire is not uncertain. The
+               time budget keeps a round (and so every mail of it) within
+               its lease, so no other replica re-claims a mail in flight */
+            if (down) {
+                set(jb, ACT_RETRY, "esp: ", errstr);
+            } else {
+                set(jb, ACT_RETRY, "round out of time (half the lease)", NULL);
+                deferred++;
+            }
+            unsent[nunsent++] = jb->ea->id;
             continue;
         }
         err = a->esp->ops->send_mail(a->esp->self, act->mailing, act->list,
@@ -487,7 +505,17 @@ static void run_mail(struct actions *a, struct store *st,
         LOG_WARN("mail markers not recorded (%s): a re-fire counts them as "
                  "uncertain",
                  errstr);
+    if (deferred > 0)
+        LOG_WARN("esp: %zu mail(s) deferred to the next round: the round "
+                 "used half its lease (trigger.lease_ms %d); the ESP is slow",
+                 deferred, a->tc->lease_ms);
+    if (nunsent > 0 && store_mark_unsent(st, unsent, nunsent, now_ms, errstr,
+                                         sizeof(errstr)) != CS_ERR_OK)
+        LOG_WARN("mail markers not taken back (%s): a re-fire counts them "
+                 "as uncertain",
+                 errstr);
 out_free:
+    free(unsent);
     free(ids);
     free(idx);
     free(prev);

@@ -232,8 +232,9 @@ static const char COMPLETE[] = PRELUDE
     "end\n"
     "return out\n";
 
-/* ARGV: mode (s|d), day, ids... Reply: earlier marker per id (today's
- * or yesterday's key, so a re-fire after midnight still finds it). */
+/* ARGV: mode (s|d|c), day, ids... Reply: earlier marker per id (today's
+ * or yesterday's key, so a re-fire after midnight still finds it). 'c'
+ * takes a "sending" back (never a "sent"). */
 static const char MARK[] =
     "local key = 'cs:tr:m:' .. ARGV[2]\n"
     "local older = 'cs:tr:m:' .. (tonumber(ARGV[2]) - 1)\n"
@@ -242,7 +243,12 @@ static const char MARK[] =
     "  local prev = redis.call('HGET', key, ARGV[i]) or "
     "redis.call('HGET', older, ARGV[i]) or ''\n"
     "  out[#out + 1] = prev\n"
-    "  if ARGV[1] == 'd' or prev ~= 'd' then\n"
+    "  if ARGV[1] == 'c' then\n"
+    "    if prev == 's' then\n"
+    "      redis.call('HDEL', key, ARGV[i])\n"
+    "      redis.call('HDEL', older, ARGV[i])\n"
+    "    end\n"
+    "  elseif ARGV[1] == 'd' or prev ~= 'd' then\n"
     "    redis.call('HSET', key, ARGV[i], ARGV[1])\n"
     "  end\n"
     "end\n"
@@ -482,4 +488,10 @@ enum cs_err store_mark_sent(struct store *s, const char *const *ids, size_t n,
                             int64_t now_ms, char *errstr, size_t errstr_size)
 {
     return mark(s, "d", ids, n, now_ms, NULL, errstr, errstr_size);
+}
+
+enum cs_err store_mark_unsent(struct store *s, const char *const *ids, size_t n,
+                              int64_t now_ms, char *errstr, size_t errstr_size)
+{
+    return mark(s, "c", ids, n, now_ms, NULL, errstr, errstr_size);
 }

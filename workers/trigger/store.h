@@ -120,4 +120,12 @@ enum cs_err store_mark_sending(struct store *s, const char *const *ids,
 enum cs_err store_mark_sent(struct store *s, const char *const *ids, size_t n,
                             int64_t now_ms, char *errstr, size_t errstr_size);
 
+/**
+ * @brief Takes "sending" markers back for mails that were never handed to
+ *        the ESP (it was down, or the round ran out of time), so their
+ *        re-fire is not counted as uncertain. A "sent" marker stays.
+ */
+enum cs_err store_mark_unsent(struct store *s, const char *const *ids, size_t n,
+                              int64_t now_ms, char *errstr, size_t errstr_size);
+
 #endif
