@@ -995,10 +995,11 @@ static void render_is(const char *tmpl, const struct jr_vars *v,
                       const char *want)
 {
     char *got = journey_render(tmpl, v);
+    const char *shown = tmpl ? tmpl : "(null)"; /* render_is(NULL, ...) */
 
     assert_non_null(got);
     if (strcmp(got, want) != 0)
-        fail_msg("render \"%s\": got \"%s\", want \"%s\"", tmpl, got, want);
+        fail_msg("render \"%s\": got \"%s\", want \"%s\"", shown, got, want);
     free(got);
 }
 
