@@ -18,14 +18,14 @@
 struct trigger_handler {
     const struct journey_set *js; /* borrowed */
     struct metrics *m;            /* borrowed */
-    const struct timer *timer;    /* borrowed, may be NULL */
+    struct timer *timer;          /* borrowed, may be NULL */
     struct store store;           /* borrows the runtime's connection */
 };
 
 struct trigger_handler *trigger_handler_new(const struct journey_set *js,
                                             struct redis_conn *redis,
                                             struct metrics *m,
-                                            const struct timer *timer)
+                                            struct timer *timer)
 {
     struct trigger_handler *h = calloc(1, sizeof(*h));
     if (!h)
@@ -133,6 +133,7 @@ void trigger_handler_process(void *ctx, struct kl_item **items, size_t n)
     const struct journey **owner = calloc(cap, sizeof(*owner));
     size_t nops = 0;
     int64_t now = now_ms();
+    bool kick = false;
     char errstr[256];
     enum cs_err err;
 
@@ -204,9 +205,15 @@ void trigger_handler_process(void *ctx, struct kl_item **items, size_t n)
                 kl_item_fail(items[i], KL_RETRY, err, "redis: %s", errstr);
         goto out_free;
     }
-    for (size_t i = 0; i < nops; i++)
+    for (size_t i = 0; i < nops; i++) {
         count(h->m, "crmsync_trigger_instances_total", owner[i]->id,
               ops[i].result ? ops[i].result : "unknown");
+        if (ops[i].result && (strcmp(ops[i].result, "started") == 0 ||
+                              strcmp(ops[i].result, "moved") == 0))
+            kick = true;
+    }
+    if (kick)
+        timer_kick(h->timer);
 out_free:
     for (size_t i = 0; ops && i < nops; i++)
         buf_free(&ops[i].blob);

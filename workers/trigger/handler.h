@@ -8,14 +8,15 @@
  * batch's order. The consumer never executes actions: a started or moved
  * instance gets a timer due at once (at the start trigger's occurred_at)
  * and the timer thread does the rest, so actions have one path with claims
- * and leases.
+ * and leases; the handler kicks the thread (timer_kick) so it does not wait
+ * for its next tick.
  *
  * Replays are harmless: a start whose instance id (derived from the event
  * id) is stored is a duplicate; a transition finds the instance already
  * moved; triggers older than the instance's start never touch it.
  *
- * Ownership: borrows the journeys, metrics and the runtime's Redis
- * connection. Thread-safety: the consumer loop's thread.
+ * Ownership: borrows the journeys, metrics, the timer (may be NULL) and
+ * the runtime's Redis connection. Thread-safety: the consumer loop's thread.
  */
 #ifndef CRMSYNC_TRIGGER_HANDLER_H
 #define CRMSYNC_TRIGGER_HANDLER_H
@@ -34,7 +35,7 @@ struct trigger_handler;
 struct trigger_handler *trigger_handler_new(const struct journey_set *js,
                                             struct redis_conn *redis,
                                             struct metrics *m,
-                                            const struct timer *timer);
+                                            struct timer *timer);
 void trigger_handler_free(struct trigger_handler *h);
 
 void trigger_handler_process(void *ctx, struct kl_item **items, size_t n);

@@ -25,6 +25,9 @@ struct timer {
     volatile sig_atomic_t *run;      /* borrowed */
     atomic_bool stop;
     atomic_bool healthy;
+    pthread_mutex_t mu; /* guards kicked; cv wakes a nap early */
+    pthread_cond_t cv;
+    bool kicked;
     struct redis_conn *redis; /* owned */
     struct store store;
     struct actions *actions; /* owned */
@@ -48,15 +51,35 @@ static bool running(const struct timer *t)
     return *t->run && !atomic_load(&t->stop);
 }
 
-/* Sleeps up to @p ms in slices so a stop is noticed quickly. */
-static void nap(const struct timer *t, long ms)
+/* Sleeps up to @p ms in slices so a stop is noticed quickly; a kick
+ * (timers due now were just scheduled) ends it at once. */
+static void nap(struct timer *t, long ms)
 {
-    while (ms > 0 && running(t)) {
+    pthread_mutex_lock(&t->mu);
+    while (ms > 0 && running(t) && !t->kicked) {
         long step = ms < 50 ? ms : 50;
-        struct timespec ts = {0, step * 1000000L};
-        nanosleep(&ts, NULL);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += step * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&t->cv, &t->mu, &ts);
         ms -= step;
     }
+    t->kicked = false;
+    pthread_mutex_unlock(&t->mu);
+}
+
+void timer_kick(struct timer *t)
+{
+    if (!t)
+        return;
+    pthread_mutex_lock(&t->mu);
+    t->kicked = true;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
 }
 
 /* The journey of a decoded instance (by the hash its blob stores); fills
@@ -264,6 +287,8 @@ struct timer *timer_start(const struct config *cfg,
     t->run = run;
     atomic_init(&t->stop, false);
     atomic_init(&t->healthy, true);
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
     t->claims = calloc((size_t)tc->fire_batch, sizeof(*t->claims));
     t->plans = calloc((size_t)tc->fire_batch, sizeof(*t->plans));
     t->done = calloc((size_t)tc->fire_batch, sizeof(*t->done));
@@ -303,6 +328,7 @@ void timer_stop(struct timer *t)
     if (!t)
         return;
     atomic_store(&t->stop, true);
+    timer_kick(t); /* ends a nap at once */
     if (t->started)
         pthread_join(t->thread, NULL);
     actions_free(t->actions);
@@ -310,6 +336,8 @@ void timer_stop(struct timer *t)
     free(t->claims);
     free(t->plans);
     free(t->done);
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
     free(t);
 }
 

@@ -37,6 +37,13 @@ struct timer *timer_start(const struct config *cfg,
                           volatile sig_atomic_t *run, char *errstr,
                           size_t errstr_size);
 
+/**
+ * @brief Wakes the thread now instead of at its next tick: the consumer
+ *        calls it after scheduling timers that may be due already (a start
+ *        whose first step acts at once). Thread-safe; NULL is fine.
+ */
+void timer_kick(struct timer *t);
+
 /** @brief Stops and joins the thread, frees everything. NULL is fine. */
 void timer_stop(struct timer *t);
 
