@@ -29,8 +29,13 @@
  * prefix from the batch. Decoding happens here (avro_codec) so the handler
  * only sees valid reader-schema records.
  *
+ * Lag metrics (per-partition lag in messages and seconds, committed
+ * offsets; kafka_lag.h) are refreshed every second, after each statistics
+ * callback and after each rebalance, from the messages the loop holds.
+ *
  * Ownership: the loop borrows cfg, codec, dlq and metrics (they must outlive
- * it) and owns the consumer handle and every message it polled.
+ * it) and owns the consumer handle, its lag tracker and every message it
+ * polled.
  */
 #ifndef CRMSYNC_KAFKA_LOOP_H
 #define CRMSYNC_KAFKA_LOOP_H

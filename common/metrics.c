@@ -511,6 +511,25 @@ static void lag_touch(struct metrics *m, const char *fam, const char *labels)
         f->series[i].seen_gen = m->stats_gen;
 }
 
+/* librdkafka reports consumer_lag -1 until the group commits an offset, so
+ * a partition nobody ever consumed (e.g. an empty one) would never export
+ * a lag. Nothing committed means everything from the start is ahead of the
+ * group (auto.offset.reset=earliest): hi - lo, 0 for an empty partition.
+ * @returns the lag or -1 when the partition has a commit or no watermarks. */
+static json_int_t never_committed_lag(json_t *part)
+{
+    json_t *committed = json_object_get(part, "committed_offset");
+    json_t *lo = json_object_get(part, "lo_offset");
+    json_t *hi = json_object_get(part, "hi_offset");
+
+    if (!json_is_integer(committed) || json_integer_value(committed) >= 0 ||
+        !json_is_integer(lo) || !json_is_integer(hi) ||
+        json_integer_value(lo) < 0 ||
+        json_integer_value(hi) < json_integer_value(lo))
+        return -1;
+    return json_integer_value(hi) - json_integer_value(lo);
+}
+
 static void stats_partition(struct metrics *m, const char *topic, json_t *part)
 {
     json_t *jp = json_object_get(part, "partition");
@@ -533,9 +552,12 @@ static void stats_partition(struct metrics *m, const char *topic, json_t *part)
     const char *keys[] = {"consumer_lag", "consumer_lag_stored"};
     for (size_t k = 0; k < 2; k++) {
         json_t *jl = json_object_get(part, keys[k]);
+        json_int_t lag = json_is_integer(jl) ? json_integer_value(jl) : -1;
 
-        if (json_is_integer(jl) && json_integer_value(jl) >= 0)
-            lag_set(m, lag_families[k], labels, json_integer_value(jl));
+        if (k == 0 && lag < 0)
+            lag = never_committed_lag(part);
+        if (lag >= 0)
+            lag_set(m, lag_families[k], labels, lag);
         else
             lag_touch(m, lag_families[k], labels);
     }
@@ -600,6 +622,138 @@ void metrics_update_from_kafka_stats(struct metrics *m, const char *json,
 
 out_decref:
     json_decref(root);
+}
+
+/* An integer member of @p obj, @p dflt when absent or not an integer. */
+static int64_t json_int_or(json_t *obj, const char *key, int64_t dflt)
+{
+    json_t *v = json_object_get(obj, key);
+
+    return json_is_integer(v) ? (int64_t)json_integer_value(v) : dflt;
+}
+
+/* Negative offsets (librdkafka's -1001 INVALID and friends) become -1. */
+static int64_t offset_or_unknown(int64_t v)
+{
+    return v >= 0 ? v : -1;
+}
+
+enum cs_err metrics_kafka_stats_partitions(const char *json, size_t len,
+                                           struct metrics_kafka_part **parts,
+                                           size_t *nparts)
+{
+    json_error_t jerr;
+    json_t *root;
+    struct metrics_kafka_part *out = NULL;
+    size_t n = 0, cap = 0;
+    enum cs_err rc = CS_ERR_OK;
+    const char *tname;
+    json_t *topic;
+
+    *parts = NULL;
+    *nparts = 0;
+    root = json ? json_loadb(json, len, 0, &jerr) : NULL;
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return CS_ERR_INVALID_ARG;
+    }
+    json_object_foreach(json_object_get(root, "topics"), tname, topic)
+    {
+        const char *pkey;
+        json_t *part;
+
+        if (strlen(tname) >= sizeof(out->topic))
+            continue;
+        json_object_foreach(json_object_get(topic, "partitions"), pkey, part)
+        {
+            int64_t pid = json_int_or(part, "partition", -1);
+            struct metrics_kafka_part *p;
+
+            if (pid < 0 || pid > INT32_MAX ||
+                json_is_false(json_object_get(part, "desired")))
+                continue;
+            if (n == cap) {
+                size_t ncap = cap ? cap * 2 : 8;
+                struct metrics_kafka_part *grown =
+                    realloc(out, ncap * sizeof(*grown));
+
+                if (!grown) {
+                    rc = CS_ERR_NOMEM;
+                    goto out_free;
+                }
+                out = grown;
+                cap = ncap;
+            }
+            p = &out[n++];
+            snprintf(p->topic, sizeof(p->topic), "%s", tname);
+            p->partition = (int32_t)pid;
+            p->committed_offset =
+                offset_or_unknown(json_int_or(part, "committed_offset", -1));
+            p->consumer_lag =
+                offset_or_unknown(json_int_or(part, "consumer_lag", -1));
+            p->consumer_lag_stored =
+                offset_or_unknown(json_int_or(part, "consumer_lag_stored", -1));
+            p->lo_offset =
+                offset_or_unknown(json_int_or(part, "lo_offset", -1));
+            p->hi_offset =
+                offset_or_unknown(json_int_or(part, "hi_offset", -1));
+        }
+    }
+    json_decref(root);
+    *parts = out;
+    *nparts = n;
+    return CS_ERR_OK;
+
+out_free:
+    free(out);
+    json_decref(root);
+    return rc;
+}
+
+int64_t metrics_kafka_part_unprocessed(const struct metrics_kafka_part *p)
+{
+    if (p->consumer_lag_stored >= 0)
+        return p->consumer_lag_stored;
+    if (p->consumer_lag >= 0)
+        return p->consumer_lag;
+    /* Never committed by the group: everything from the start is ahead. */
+    if (p->committed_offset < 0 && p->lo_offset >= 0 &&
+        p->hi_offset >= p->lo_offset)
+        return p->hi_offset - p->lo_offset;
+    return -1;
+}
+
+double metrics_lag_seconds(int64_t now_ms, int64_t oldest_held_ms, int64_t lag,
+                           int64_t *behind_since_ms)
+{
+    if (oldest_held_ms >= 0) {
+        *behind_since_ms = 0;
+        return now_ms > oldest_held_ms ? (double)(now_ms - oldest_held_ms) / 1e3
+                                       : 0;
+    }
+    if (lag > 0) {
+        if (*behind_since_ms <= 0 || *behind_since_ms > now_ms)
+            *behind_since_ms = now_ms;
+        return (double)(now_ms - *behind_since_ms) / 1e3;
+    }
+    *behind_since_ms = 0;
+    return 0;
+}
+
+void metrics_remove(struct metrics *m, const char *name, const char *labels)
+{
+    if (!m || !name)
+        return;
+    pthread_mutex_lock(&m->lock);
+    struct family *f = fam_find(m, name);
+    if (f) {
+        bool found;
+        size_t i = series_search(f, labels ? labels : "", &found);
+
+        if (found)
+            series_remove(f, i);
+    }
+    pthread_mutex_unlock(&m->lock);
 }
 
 /* -------------------------------------------------------------- rendering */

@@ -27,6 +27,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/err.h"
 
@@ -77,7 +78,9 @@ double metrics_gauge_get(struct metrics *m, const char *name,
 /**
  * @brief Consumes a librdkafka statistics JSON (stats_cb payload, borrowed):
  *        sets crmsync_consumer_lag{topic,partition} from
- *        topics.*.partitions.*.consumer_lag and
+ *        topics.*.partitions.*.consumer_lag (for a partition the group never
+ *        committed, librdkafka's -1 becomes hi_offset - lo_offset: all of it
+ *        is ahead of the group, 0 when empty) and
  *        crmsync_consumer_lag_stored{topic,partition} from consumer_lag_stored
  *        (partition -1 and lag -1 are skipped; partitions with
  *        "desired": false, i.e. known from metadata but not assigned to this
@@ -89,6 +92,72 @@ double metrics_gauge_get(struct metrics *m, const char *name,
  */
 void metrics_update_from_kafka_stats(struct metrics *m, const char *json,
                                      size_t len);
+
+/* One assigned partition as a librdkafka statistics JSON reports it
+ * (metrics_kafka_stats_partitions). Offsets and lags are -1 when unknown. */
+struct metrics_kafka_part {
+    char topic[256];             /* NUL-terminated topic name */
+    int32_t partition;           /* >= 0 */
+    int64_t committed_offset;    /* the group's committed offset; -1 for
+                                    none (librdkafka's -1001 INVALID) */
+    int64_t consumer_lag;        /* committed offset to high watermark */
+    int64_t consumer_lag_stored; /* stored offset to high watermark */
+    int64_t lo_offset;           /* low watermark */
+    int64_t hi_offset;           /* high watermark */
+};
+
+/**
+ * @brief Lists the partitions of a librdkafka statistics JSON (borrowed)
+ *        that are assigned to this consumer: partition >= 0 and not
+ *        "desired": false (the same filter as the lag gauges). Topics with
+ *        names of 256 bytes or more are skipped. Pure: touches no registry.
+ * @param parts receives a malloc'd array (caller frees with free()), NULL
+ *              when there are none.
+ * @param nparts receives the number of entries.
+ * @returns CS_ERR_OK, CS_ERR_INVALID_ARG (not a JSON object; *parts NULL)
+ *          or CS_ERR_NOMEM.
+ */
+enum cs_err metrics_kafka_stats_partitions(const char *json, size_t len,
+                                           struct metrics_kafka_part **parts,
+                                           size_t *nparts);
+
+/**
+ * @brief Unprocessed lag of one partition from a statistics entry: messages
+ *        past the stored offset (processed, maybe not committed yet) or,
+ *        when nothing was stored since assignment, past the committed
+ *        offset; when the group never committed it either, the whole
+ *        partition (hi - lo, what auto.offset.reset=earliest reads).
+ * @returns messages (>= 0) or -1 when unknown.
+ */
+int64_t metrics_kafka_part_unprocessed(const struct metrics_kafka_part *p);
+
+/**
+ * @brief Age in seconds of a partition's oldest unprocessed message, for
+ *        crmsync_consumer_lag_seconds. Pure; the caller keeps
+ *        *behind_since_ms per partition (0 initially).
+ *
+ *  - @p oldest_held_ms >= 0 (the consumer holds unfinished messages of the
+ *    partition: in flight, paused, waiting to retry): now - that Kafka
+ *    timestamp, clamped at 0 (producer clocks may be ahead).
+ *  - nothing held, @p lag > 0 (messages the consumer has not fetched yet):
+ *    a lower bound, the time since this was first seen (*behind_since_ms
+ *    is set to @p now_ms on the first such call). It never jumps up on a
+ *    stale lag sample and becomes exact once the next message is held.
+ *  - nothing held and lag 0 or unknown (-1): 0.
+ *  Every case except the second resets *behind_since_ms to 0.
+ * @param now_ms wall clock, ms since the epoch (injected for tests).
+ * @param oldest_held_ms Kafka timestamp (ms since the epoch) of the oldest
+ *        unfinished message the consumer holds of the partition, -1 none.
+ * @param lag messages of the partition not yet fetched, -1 unknown.
+ */
+double metrics_lag_seconds(int64_t now_ms, int64_t oldest_held_ms, int64_t lag,
+                           int64_t *behind_since_ms);
+
+/**
+ * @brief Removes one series of a counter or gauge family (e.g. the gauges
+ *        of a revoked partition). No-op when absent.
+ */
+void metrics_remove(struct metrics *m, const char *name, const char *labels);
 
 /**
  * @brief Health state for /readyz: ready when @p assigned && @p deps_ok.

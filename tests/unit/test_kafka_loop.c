@@ -2,8 +2,9 @@
  * Unit tests for common/kafka_loop against librdkafka's in-process mock
  * cluster: exactly-once handling and final commits, poison messages to the
  * dead-letter topic, RETRY pause/backoff, per-partition offset prefixes,
- * stop while stuck, decoded values and order, cooperative rebalance and a
- * rebalance while paused.
+ * stop while stuck, decoded values and order, cooperative rebalance, a
+ * rebalance while paused and the lag metrics (committed offsets, lag
+ * seconds of a stuck partition).
  *
  * Every test builds its own mock cluster (3 brokers, "t.in" with 3
  * partitions, "t.in.dlq" with 1), its own YAML config and consumer group, and
@@ -1176,6 +1177,148 @@ static void test_rebalance_while_paused(void **state)
     env_down(&e);
 }
 
+/* ------------------------------------------------------------------ */
+/* 9. lag metrics: committed offsets, lag seconds that grow while a    */
+/*    message is stuck and return to 0, series gone after revoke       */
+/* ------------------------------------------------------------------ */
+
+static double lag_gauge(struct metrics *m, const char *fam, int32_t p)
+{
+    char labels[96];
+    snprintf(labels, sizeof(labels),
+             "partition=\"%" PRId32 "\",topic=\"" TOPIC "\"", p);
+    return metrics_gauge_get(m, fam, labels);
+}
+
+static double committed_sum(struct metrics *m)
+{
+    double sum = 0;
+    for (int32_t p = 0; p < PARTITIONS; p++)
+        sum += lag_gauge(m, "crmsync_consumer_committed_offset", p);
+    return sum;
+}
+
+/* Every partition has a lag-seconds series and all of them are 0. */
+static bool lag_seconds_all_zero(struct metrics *m)
+{
+    char *text = metrics_render(m, NULL);
+    int series = 0;
+    bool zero = text != NULL;
+
+    for (const char *q = text ? strstr(text, "crmsync_consumer_lag_seconds{")
+                              : NULL;
+         q; q = strstr(q + 1, "crmsync_consumer_lag_seconds{")) {
+        const char *sp = strchr(q, ' ');
+        series++;
+        if (!sp || strtod(sp + 1, NULL) != 0)
+            zero = false;
+    }
+    free(text);
+    return zero && series == PARTITIONS &&
+           metrics_gauge_get(m, "crmsync_consumer_lag_seconds_max", NULL) == 0;
+}
+
+static void test_lag_metrics(void **state)
+{
+    struct env e;
+    struct script s;
+    struct runner r;
+    bool ok;
+    const int per = 5;
+    char *text;
+    double first, second;
+    int64_t t0;
+
+    (void)state;
+    /* 60 s would put the first statistics beyond 10 s: the loop caps it. */
+    env_up(&e, "g-lag", 50, "  statistics.interval.ms: 60000\n");
+    script_init(&s);
+    snprintf(s.retry_id, sizeof(s.retry_id), "s-0-0");
+    s.retry_times = -1;
+    for (int32_t p = 0; p < PARTITIONS; p++)
+        produce_events(&e, "l", p, 0, per);
+    flush_producer(&e);
+
+    t0 = now_ms();
+    runner_start(&r, &e, &s, 0);
+    /* Before statistics and before any rebalance: the counter is there. */
+    text = metrics_render(r.m, NULL);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "crmsync_kafka_rebalances_total{"));
+    assert_non_null(strstr(text, "crmsync_consumer_lag_seconds_max{"));
+    free(text);
+
+    /* Caught up: committed offsets = what was produced, lag seconds 0. */
+    WAIT_UNTIL(
+        ok, committed_sum(r.m) == PARTITIONS * per && lag_seconds_all_zero(r.m),
+        10000);
+    if (!ok)
+        fail_msg(
+            "after %" PRId64 " ms: committed sum %g (want %d), lag "
+            "seconds max %g, lag p0 %g",
+            now_ms() - t0, committed_sum(r.m), PARTITIONS * per,
+            metrics_gauge_get(r.m, "crmsync_consumer_lag_seconds_max", NULL),
+            lag_gauge(r.m, "crmsync_consumer_lag", 0));
+    assert_true(now_ms() - t0 < 10000);
+    for (int32_t p = 0; p < PARTITIONS; p++) {
+        assert_true(lag_gauge(r.m, "crmsync_consumer_committed_offset", p) ==
+                    per);
+        assert_true(lag_gauge(r.m, "crmsync_consumer_lag", p) == 0);
+    }
+
+    /* A message of partition 0 is stuck (handler answers RETRY): its age
+     * keeps growing although nothing flows, its commit does not move. */
+    produce_events(&e, "s", 0, 0, 1);
+    flush_producer(&e);
+    WAIT_UNTIL(ok, script_attempts(&s) >= 1, WAIT_MS);
+    assert_true(ok);
+    WAIT_UNTIL(ok, lag_gauge(r.m, "crmsync_consumer_lag_seconds", 0) >= 1,
+               5000);
+    assert_true(ok);
+    first = lag_gauge(r.m, "crmsync_consumer_lag_seconds", 0);
+    sleep_ms(2500);
+    second = lag_gauge(r.m, "crmsync_consumer_lag_seconds", 0);
+    if (!(second >= first + 1.5))
+        fail_msg("lag seconds of the stuck partition: %g then %g", first,
+                 second);
+    assert_true(metrics_gauge_get(r.m, "crmsync_consumer_lag_seconds_max",
+                                  NULL) >= second);
+    assert_true(lag_gauge(r.m, "crmsync_consumer_lag_seconds", 1) == 0);
+    assert_true(lag_gauge(r.m, "crmsync_consumer_committed_offset", 0) == per);
+
+    /* Released: processed, committed, back to 0. */
+    script_release(&s);
+    WAIT_UNTIL(ok,
+               lag_gauge(r.m, "crmsync_consumer_committed_offset", 0) ==
+                       per + 1 &&
+                   lag_seconds_all_zero(r.m),
+               10000);
+    if (!ok)
+        fail_msg("after the release: committed p0 %g, lag seconds p0 %g",
+                 lag_gauge(r.m, "crmsync_consumer_committed_offset", 0),
+                 lag_gauge(r.m, "crmsync_consumer_lag_seconds", 0));
+
+    /* Stopping revokes everything: the per-partition series go. */
+    r.run = 0;
+    pthread_join(r.th, NULL);
+    alarm(0);
+    text = metrics_render(r.m, NULL);
+    assert_non_null(text);
+    assert_null(strstr(text, "crmsync_consumer_lag_seconds{"));
+    assert_null(strstr(text, "crmsync_consumer_committed_offset{"));
+    free(text);
+    assert_int_equal(r.rc, CS_ERR_OK);
+    kafka_loop_free(r.kl);
+    dlq_free(r.dlq);
+    avro_codec_free(r.codec);
+    metrics_free(r.m);
+
+    assert_no_bad_items(&s);
+    assert_int_equal(script_count(&s, "s-0-0"), 1);
+    assert_all_committed(&e);
+    env_down(&e);
+}
+
 /* Per-test timing, printed so slow mock-cluster paths stay visible. */
 static int timing_start(void **state)
 {
@@ -1209,6 +1352,7 @@ int main(void)
         LOOP_TEST(test_decoded_in_order),
         LOOP_TEST(test_cooperative_rebalance),
         LOOP_TEST(test_rebalance_while_paused),
+        LOOP_TEST(test_lag_metrics),
     };
     const char *v = getenv("LOOPTEST_VERBOSE");
     const char *only = getenv("LOOPTEST_ONLY"); /* e.g. "*poison*" */

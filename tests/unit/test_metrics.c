@@ -1,6 +1,7 @@
 /*
  * test_metrics - unit tests for common/metrics: exposition format (parsed
- * back), label escaping, NULL no-ops, librdkafka stats → lag gauges, the
+ * back), label escaping, NULL no-ops, librdkafka stats → lag gauges and
+ * the partition list (committed offsets), lag seconds, series removal, the
  * HTTP endpoints (served on an ephemeral port, fetched with libcurl) and
  * concurrent increments.
  */
@@ -363,6 +364,150 @@ static void test_kafka_stats(void **state)
     metrics_free(m);
 }
 
+/* The partitions list behind committed offsets and lag seconds: same
+ * filter as the lag gauges, -1001 and other negatives become -1. */
+static void test_kafka_stats_partitions(void **state)
+{
+    (void)state;
+    struct metrics_kafka_part *parts = NULL;
+    size_t n = 99;
+    static const char never[] =
+        "{\"topics\":{\"t\":{\"partitions\":{"
+        "\"0\":{\"partition\":0,\"desired\":true,"
+        "\"committed_offset\":-1001,\"lo_offset\":10,\"hi_offset\":25,"
+        "\"consumer_lag\":-1,\"consumer_lag_stored\":-1},"
+        "\"1\":{\"partition\":1,\"committed_offset\":-1001,"
+        "\"lo_offset\":0,\"hi_offset\":0,\"consumer_lag\":-1},"
+        "\"2\":{\"partition\":2,\"committed_offset\":-1001,"
+        "\"lo_offset\":-1001,\"hi_offset\":-1001,\"consumer_lag\":-1},"
+        "\"3\":{\"partition\":3,\"committed_offset\":7,"
+        "\"lo_offset\":0,\"hi_offset\":9,\"consumer_lag\":-1}}}}}";
+
+    assert_int_equal(metrics_kafka_stats_partitions(
+                         stats_two_parts, strlen(stats_two_parts), &parts, &n),
+                     CS_ERR_OK);
+    assert_int_equal(n, 2); /* 2 (desired=false) and -1 are not ours */
+    for (size_t i = 0; i < n; i++) {
+        const struct metrics_kafka_part *p = &parts[i];
+        assert_string_equal(p->topic, "crmsync.response.events");
+        if (p->partition == 0) {
+            assert_true(p->committed_offset == 1400);
+            assert_true(p->consumer_lag == 200);
+            assert_true(p->consumer_lag_stored == 120);
+            assert_true(p->lo_offset == 0 && p->hi_offset == 1600);
+            /* stored (processed) wins over committed */
+            assert_true(metrics_kafka_part_unprocessed(p) == 120);
+        } else {
+            assert_int_equal(p->partition, 1);
+            assert_true(p->committed_offset == 50);
+            assert_true(p->lo_offset == -1); /* absent */
+            assert_true(metrics_kafka_part_unprocessed(p) == 0);
+        }
+    }
+    free(parts);
+
+    assert_int_equal(
+        metrics_kafka_stats_partitions(never, strlen(never), &parts, &n),
+        CS_ERR_OK);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        const struct metrics_kafka_part *p = &parts[i];
+        int64_t want[] = {15, 0, -1, -1};
+        assert_true(p->partition >= 0 && p->partition < 4);
+        /* librdkafka's -1001 (no commit) is reported as -1 */
+        assert_true(p->committed_offset == (p->partition == 3 ? 7 : -1));
+        /* never committed: the whole partition; committed but lag
+         * unknown, or no watermarks: unknown */
+        if (metrics_kafka_part_unprocessed(p) != want[p->partition])
+            fail_msg("partition %d: unprocessed %lld, want %lld",
+                     (int)p->partition,
+                     (long long)metrics_kafka_part_unprocessed(p),
+                     (long long)want[p->partition]);
+    }
+    free(parts);
+
+    /* The lag gauge gets the same never-committed fallback. */
+    struct metrics *m = metrics_new("w");
+    metrics_update_from_kafka_stats(m, never, strlen(never));
+    assert_true(metrics_gauge_get(m, "crmsync_consumer_lag",
+                                  "partition=\"0\",topic=\"t\"") == 15);
+    char *text = metrics_render(m, NULL);
+    assert_true(sample_value(text, "crmsync_consumer_lag{worker=\"w\","
+                                   "partition=\"1\",topic=\"t\"}") == 0);
+    assert_int_equal(count_substr(text, "crmsync_consumer_lag{"), 2);
+    assert_int_equal(count_substr(text, "crmsync_consumer_lag_stored{"), 0);
+    free(text);
+    metrics_free(m);
+
+    parts = (struct metrics_kafka_part *)1;
+    assert_int_equal(metrics_kafka_stats_partitions("{not json", 9, &parts, &n),
+                     CS_ERR_INVALID_ARG);
+    assert_null(parts);
+    assert_int_equal(n, 0);
+    assert_int_equal(metrics_kafka_stats_partitions("[]", 2, &parts, &n),
+                     CS_ERR_INVALID_ARG);
+    assert_int_equal(metrics_kafka_stats_partitions("{}", 2, &parts, &n),
+                     CS_ERR_OK);
+    assert_null(parts);
+    assert_int_equal(n, 0);
+}
+
+/* Age of the oldest unprocessed message with an injected clock. */
+static void test_lag_seconds(void **state)
+{
+    (void)state;
+    const int64_t t = 1700000000000LL; /* ms since the epoch */
+    int64_t since = 0;
+
+    /* caught up, or lag unknown with nothing held */
+    assert_true(metrics_lag_seconds(t, -1, 0, &since) == 0);
+    assert_true(metrics_lag_seconds(t, -1, -1, &since) == 0);
+    assert_true(since == 0);
+    /* held messages: now minus the oldest one's Kafka timestamp */
+    assert_true(metrics_lag_seconds(t, t - 2500, 0, &since) == 2.5);
+    assert_true(metrics_lag_seconds(t + 4000, t - 2500, 3, &since) == 6.5);
+    assert_true(since == 0);
+    /* a producer clock ahead of ours never gives a negative age */
+    assert_true(metrics_lag_seconds(t, t + 900, 0, &since) == 0);
+    /* lag but nothing held (next message not fetched yet): a lower bound
+     * counted from when it was first seen; a stall keeps it growing */
+    assert_true(metrics_lag_seconds(t, -1, 5, &since) == 0);
+    assert_true(since == t);
+    assert_true(metrics_lag_seconds(t + 1500, -1, 5, &since) == 1.5);
+    assert_true(metrics_lag_seconds(t + 7000, -1, 9, &since) == 7);
+    /* the next message is fetched: its real age takes over */
+    assert_true(metrics_lag_seconds(t + 8000, t - 60000, 9, &since) == 68);
+    assert_true(since == 0);
+    /* fetched and done, more lag: a new lower bound starts at 0 */
+    assert_true(metrics_lag_seconds(t + 9000, -1, 4, &since) == 0);
+    assert_true(metrics_lag_seconds(t + 9500, -1, 4, &since) == 0.5);
+    /* caught up: 0 and the state resets */
+    assert_true(metrics_lag_seconds(t + 9600, -1, 0, &since) == 0);
+    assert_true(since == 0);
+    assert_true(metrics_lag_seconds(t + 20000, -1, 1, &since) == 0);
+}
+
+static void test_remove_series(void **state)
+{
+    (void)state;
+    struct metrics *m = metrics_new("w");
+    const char *a = "partition=\"0\",topic=\"t\"";
+    const char *b = "partition=\"1\",topic=\"t\"";
+
+    metrics_gauge_set(m, "crmsync_consumer_lag_seconds", a, 3);
+    metrics_gauge_set(m, "crmsync_consumer_lag_seconds", b, 4);
+    metrics_remove(m, "crmsync_consumer_lag_seconds", a);
+    metrics_remove(m, "crmsync_consumer_lag_seconds", a); /* absent: ok */
+    metrics_remove(m, "crmsync_no_such_family", a);
+    metrics_remove(NULL, "crmsync_consumer_lag_seconds", b);
+    char *text = metrics_render(m, NULL);
+    assert_null(strstr(text, "partition=\"0\""));
+    assert_true(sample_value(text, "crmsync_consumer_lag_seconds{worker=\"w\","
+                                   "partition=\"1\",topic=\"t\"}") == 4);
+    free(text);
+    metrics_free(m);
+}
+
 /* When promtool is installed, the exposition passes `promtool check
  * metrics` (format and lint); otherwise the test only checks the text. */
 static void test_promtool_check(void **state)
@@ -584,6 +729,9 @@ int main(void)
         cmocka_unit_test(test_histogram_format),
         cmocka_unit_test(test_label_escaping),
         cmocka_unit_test(test_kafka_stats),
+        cmocka_unit_test(test_kafka_stats_partitions),
+        cmocka_unit_test(test_lag_seconds),
+        cmocka_unit_test(test_remove_series),
         cmocka_unit_test(test_promtool_check),
         cmocka_unit_test(test_http_endpoints),
         cmocka_unit_test(test_concurrent_increments),
