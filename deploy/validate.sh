@@ -4,7 +4,9 @@
 #   2. validate every rendered document (and base/secret.example.yaml) against
 #      the JSON schemas with shared/k8s-schemas/validate (strict schemas);
 #   3. project rules the schemas cannot express (KEDA min/max replicas,
-#      probes, security context, metrics port);
+#      probes, security context, metrics port, grace period above the
+#      worker's shutdown timeout, and per worker Deployment: a PDB, a metrics
+#      Service, a ScaledObject and a ServiceMonitor/PodMonitor covering it);
 #   4. when promtool exists: `promtool check rules` on the PrometheusRule
 #      groups and `promtool test rules` with deploy/tests/alerts_test.yaml.
 # Needs kubectl (kustomize built in), python3 with PyYAML, and the validator:
@@ -20,6 +22,7 @@ VALIDATE="${K8S_SCHEMAS_VALIDATE:-$REPO/../shared/k8s-schemas/validate}"
 RESPONSE_PARTITIONS="${CRMSYNC_RESPONSE_PARTITIONS:-12}"
 BOUNCE_PARTITIONS="${CRMSYNC_BOUNCE_PARTITIONS:-6}"
 LISTSYNC_PARTITIONS="${CRMSYNC_LISTSYNC_PARTITIONS:-6}"
+TRIGGER_PARTITIONS="${CRMSYNC_TRIGGER_PARTITIONS:-12}"
 
 command -v kubectl >/dev/null 2>&1 || { echo "validate.sh: kubectl not found" >&2; exit 2; }
 [ -x "$VALIDATE" ] || { echo "validate.sh: validator not found at $VALIDATE (set K8S_SCHEMAS_VALIDATE)" >&2; exit 2; }
@@ -46,12 +49,13 @@ for t in "${targets[@]}"; do
     echo "== schema-validate $name"
     "$VALIDATE" "$out" || fail=1
     echo "== project rules $name"
-    python3 - "$out" "$RESPONSE_PARTITIONS" "$BOUNCE_PARTITIONS" "$LISTSYNC_PARTITIONS" <<'PY' || fail=1
+    python3 - "$out" "$RESPONSE_PARTITIONS" "$BOUNCE_PARTITIONS" "$LISTSYNC_PARTITIONS" "$TRIGGER_PARTITIONS" <<'PY' || fail=1
 import sys, yaml
 path = sys.argv[1]
 partitions = {"crmsync.response.events": int(sys.argv[2]),
               "crmsync.bounce.events": int(sys.argv[3]),
-              "crmsync.listsync.requests": int(sys.argv[4])}
+              "crmsync.listsync.requests": int(sys.argv[4]),
+              "crmsync.trigger.events": int(sys.argv[5])}
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
 by_kind = {}
 for d in docs:
@@ -60,8 +64,57 @@ errors = []
 def err(msg):
     errors.append(msg)
 
+def selects(selector, labels):
+    """matchLabels-only selector (all this project uses) matches labels."""
+    ml = (selector or {}).get("matchLabels", {})
+    return bool(ml) and all(labels.get(k) == v for k, v in ml.items())
+
+def worker_config(pod):
+    """The worker's config.yaml from the ConfigMap mounted on /etc/crmsync."""
+    for v in pod.get("volumes", []):
+        cm = by_kind.get("ConfigMap", {}).get(v.get("configMap", {}).get("name"))
+        if cm and "config.yaml" in cm.get("data", {}):
+            return yaml.safe_load(cm["data"]["config.yaml"]) or {}
+    return None
+
 for name, dep in by_kind.get("Deployment", {}).items():
     pod = dep["spec"]["template"]["spec"]
+    labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    # The worker must have drained and committed before the kubelet's
+    # SIGKILL: grace period > consumer.shutdown_timeout_ms (default 8 s)
+    # plus 5 s for closing the consumer and producer.
+    cfg = worker_config(pod)
+    if cfg is not None:
+        shut_ms = int((cfg.get("consumer") or {}).get("shutdown_timeout_ms", 8000))
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if grace < shut_ms / 1000 + 5:
+            err(f"Deployment/{name}: terminationGracePeriodSeconds {grace} not above "
+                f"consumer.shutdown_timeout_ms {shut_ms} ms + 5 s")
+    if labels.get("app.kubernetes.io/component") == "worker":
+        if not any(selects(p["spec"].get("selector"), labels)
+                   for p in by_kind.get("PodDisruptionBudget", {}).values()):
+            err(f"Deployment/{name}: no PodDisruptionBudget selects its pods")
+        svcs = [s for s in by_kind.get("Service", {}).values()
+                if s["spec"].get("selector") and
+                all(labels.get(k) == v for k, v in s["spec"]["selector"].items()) and
+                any(p.get("name") == "metrics" for p in s["spec"].get("ports", []))]
+        if not svcs:
+            err(f"Deployment/{name}: no Service with a metrics port selects its pods")
+        # Monitoring CRs and ScaledObjects only where the render has the
+        # kinds at all (overlays/local deletes them: no KEDA/Operator there).
+        monitors = list(by_kind.get("ServiceMonitor", {}).values()) + \
+            list(by_kind.get("PodMonitor", {}).values())
+        if monitors and not any(
+                (m["kind"] == "PodMonitor" and selects(m["spec"].get("selector"), labels)) or
+                (m["kind"] == "ServiceMonitor" and
+                 any(selects(m["spec"].get("selector"), s["metadata"].get("labels", {}))
+                     for s in svcs))
+                for m in monitors):
+            err(f"Deployment/{name}: no ServiceMonitor/PodMonitor scrapes it")
+        if by_kind.get("ScaledObject") and not any(
+                so["spec"]["scaleTargetRef"]["name"] == name
+                for so in by_kind["ScaledObject"].values()):
+            err(f"Deployment/{name}: no ScaledObject scales it")
     if pod.get("terminationGracePeriodSeconds", 30) < 15:
         err(f"Deployment/{name}: terminationGracePeriodSeconds < 15 "
             "(worker needs up to 10 s to drain)")
