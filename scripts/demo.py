@@ -540,6 +540,17 @@ DEMO_JOURNEYS = """journeys:
 """
 
 
+def cli(st, *args):
+    """Runs the operator CLI (build/tools/crmsync) against the stack."""
+    path = os.path.join(st.build_dir, "tools", "crmsync")
+    out = subprocess.run([path] + list(args) + ["-b", st.bootstrap],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, timeout=120)
+    if out.returncode not in (0, 3):
+        sys.stdout.write(out.stderr)
+    return out
+
+
 def trigger_event(name, cid, email, attrs, kind="CUSTOM"):
     return {"event_id": "demo-%s" % uuid.uuid4(), "tenant": "demo",
             "occurred_at": int(time.time() * 1000),
@@ -910,19 +921,20 @@ def main():
                 st, procs["bounce"], bdemo,
                 st.consume_all(DEFAULT_TOPICS["bounce"] + ".dlq"))
 
-        hr("dead-letter topics")
+        hr("dead-letter topics (crmsync dlq list)")
         for w in workers:
             if w == "bounce":
                 continue  # listed with its reasons above
-            dead = st.consume_all(DEFAULT_TOPICS[w] + ".dlq")
-            print("%s.dlq: %d message(s)" % (DEFAULT_TOPICS[w], len(dead)))
-            for d in dead:
-                h = d["headers"]
-                print("  partition %s offset %s: %s - %s" % (
-                    h.get("crmsync.error.partition"),
-                    h.get("crmsync.error.offset"),
-                    h.get("crmsync.error.class"),
-                    h.get("crmsync.error.message")))
+            dlq = DEFAULT_TOPICS[w] + ".dlq"
+            dead = st.consume_all(dlq)
+            print("$ crmsync dlq list -t %s" % dlq)
+            out = cli(st, "dlq", "list", "-t", dlq)
+            sys.stdout.write(out.stdout)
+            if out.returncode != 0 or ("matched %d of" % len(dead)) not in \
+                    out.stdout:
+                problems.append("crmsync dlq list %s: exit %d, expected %d "
+                                "message(s)" % (dlq, out.returncode,
+                                                len(dead)))
 
         if ldemo:
             # After the bounce checks: the list's suppression entries go to
@@ -932,6 +944,14 @@ def main():
 
         if "trigger" in built:
             problems += trigger_run(st, procs)
+
+        hr("consumer lag of every worker group (crmsync lag)")
+        print("$ crmsync lag")
+        out = cli(st, "lag")
+        sys.stdout.write(out.stdout)
+        if out.returncode != 0:
+            problems.append("crmsync lag: exit %d (a group is not OK)"
+                            % out.returncode)
 
         hr("result")
         for p in problems:

@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -1379,3 +1380,37 @@ def list_sync_request(event_id, tenant, crm_list_id, esp_list_id, consent_id,
                             else now),
         "__key": key if key is not None else crm_list_id,
     }
+
+
+def run_scenarios(tests, argv, on_fail=None, teardown=None):
+    """Runs the scenario functions named in argv (all when empty), printing
+    PASS/FAIL with their times and the traceback of each failure; on_fail()
+    runs after a failure (e.g. to print a worker's log), teardown() once at
+    the end. Returns the exit code: 0 all passed, 1 a failure, 2 an
+    unknown scenario name."""
+    unknown = set(argv) - {t.__name__ for t in tests}
+    if unknown:
+        print("unknown scenario(s): %s" % ", ".join(sorted(unknown)))
+        return 2
+    chosen = [t for t in tests if not argv or t.__name__ in argv]
+    passed = failed = 0
+    try:
+        for t in chosen:
+            t0 = time.monotonic()
+            try:
+                t()
+                passed += 1
+                print("PASS %s (%.1fs)" % (t.__name__, time.monotonic() - t0),
+                      flush=True)
+            except Exception:
+                failed += 1
+                print("FAIL %s (%.1fs)" % (t.__name__, time.monotonic() - t0),
+                      flush=True)
+                traceback.print_exc()
+                if on_fail is not None:
+                    on_fail()
+    finally:
+        if teardown is not None:
+            teardown()
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0

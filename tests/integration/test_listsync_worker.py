@@ -20,11 +20,11 @@ import os
 import struct
 import sys
 import time
-import traceback
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import Stack, bounce_event, list_sync_request  # noqa: E402
+from stack import (Stack, bounce_event, list_sync_request,  # noqa: E402
+                   run_scenarios)
 
 REQ_TOPIC = "crmsync.listsync.requests"
 DLQ = REQ_TOPIC + ".dlq"
@@ -1023,38 +1023,19 @@ TESTS = [
 ]
 
 
+def on_fail():
+    if Shared.ls is not None and not Shared.ls.alive:
+        print(Shared.ls.describe())
+    elif Shared.ls is not None:
+        print("list-sync worker log (job lines):")
+        for line in Shared.ls.logs()[-400:]:
+            msg = str(line.get("msg", line.get("raw", "")))
+            if "job" in msg or line.get("level") != "info":
+                print("  " + msg[:300])
+
+
 def main(argv):
-    chosen = [t for t in TESTS if not argv or t.__name__ in argv]
-    unknown = set(argv) - {t.__name__ for t in TESTS}
-    if unknown:
-        print("unknown scenario(s): %s" % ", ".join(sorted(unknown)))
-        return 2
-    passed = failed = 0
-    try:
-        for t in chosen:
-            t0 = time.monotonic()
-            try:
-                t()
-                passed += 1
-                print("PASS %s (%.1fs)" % (t.__name__, time.monotonic() - t0),
-                      flush=True)
-            except Exception:
-                failed += 1
-                print("FAIL %s (%.1fs)" % (t.__name__, time.monotonic() - t0),
-                      flush=True)
-                traceback.print_exc()
-                if Shared.ls is not None and not Shared.ls.alive:
-                    print(Shared.ls.describe())
-                elif Shared.ls is not None:
-                    print("list-sync worker log (job lines):")
-                    for line in Shared.ls.logs()[-400:]:
-                        msg = str(line.get("msg", line.get("raw", "")))
-                        if "job" in msg or line.get("level") != "info":
-                            print("  " + msg[:300])
-    finally:
-        close_shared()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return run_scenarios(TESTS, argv, on_fail, close_shared)
 
 
 if __name__ == "__main__":

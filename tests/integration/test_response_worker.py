@@ -11,13 +11,12 @@ import re
 import signal
 import sys
 import time
-import traceback
 import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stack import (Stack, expected_unique, poison_events,  # noqa: E402
-                   sample_response_events, seed_for_events)
+                   run_scenarios, sample_response_events, seed_for_events)
 
 TOPIC = "crmsync.response.events"
 DLQ = TOPIC + ".dlq"
@@ -454,22 +453,7 @@ TESTS = [v for k, v in sorted(globals().items()) if k.startswith("test_")]
 
 
 def main(argv):
-    chosen = [t for t in TESTS if not argv or t.__name__ in argv]
-    passed = failed = 0
-    for t in chosen:
-        t0 = time.monotonic()
-        try:
-            t()
-            passed += 1
-            print("PASS %s (%.1fs)" % (t.__name__, time.monotonic() - t0),
-                  flush=True)
-        except Exception:
-            failed += 1
-            print("FAIL %s (%.1fs)" % (t.__name__, time.monotonic() - t0),
-                  flush=True)
-            traceback.print_exc()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return run_scenarios(TESTS, argv)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ import json
 import os
 import sys
 import time
-import traceback
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import Stack  # noqa: E402
+from stack import Stack, run_scenarios  # noqa: E402
 
 TOPIC = "crmsync.trigger.events"
 DLQ = TOPIC + ".dlq"
@@ -495,32 +494,13 @@ TESTS = [
 ]
 
 
+def on_fail():
+    if Shared.w is not None:
+        print(Shared.w.describe())
+
+
 def main(argv):
-    chosen = [t for t in TESTS if not argv or t.__name__ in argv]
-    unknown = set(argv) - {t.__name__ for t in TESTS}
-    if unknown:
-        print("unknown scenario(s): %s" % ", ".join(sorted(unknown)))
-        return 2
-    passed = failed = 0
-    try:
-        for t in chosen:
-            t0 = time.monotonic()
-            try:
-                t()
-                passed += 1
-                print("PASS %s (%.1fs)" % (t.__name__, time.monotonic() - t0),
-                      flush=True)
-            except Exception:
-                failed += 1
-                print("FAIL %s (%.1fs)" % (t.__name__, time.monotonic() - t0),
-                      flush=True)
-                traceback.print_exc()
-                if Shared.w is not None:
-                    print(Shared.w.describe())
-    finally:
-        close_shared()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return run_scenarios(TESTS, argv, on_fail, close_shared)
 
 
 if __name__ == "__main__":
