@@ -167,7 +167,7 @@ static enum cs_err copy_fill(const struct schema_entry *rd, avro_value_t *src,
     const char *name;
     char full[FULLNAME_MAX];
     char key[FULLNAME_MAX + 128];
-    size_t n;
+    size_t n = 0; /* avro_value_get_size() leaves it unset on EINVAL */
     size_t i;
     int disc;
     enum cs_err rc;

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages crmsync needs to build, test and run its
-# local stack. Idempotent: only missing packages are installed.
+# local stack, plus any packages named as arguments (scripts/fuzz.sh adds
+# clang). Idempotent: only missing packages are installed.
 set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config git clang-format
   librdkafka-dev libavro-dev libhiredis-dev libcurl4-openssl-dev
   libjansson-dev libmicrohttpd-dev libcmocka-dev libyaml-dev libxml2-dev
   libssl-dev openssl redis-server redis-tools kcat curl prometheus
+  "$@"
 )
 missing=()
 for p in "${pkgs[@]}"; do
