@@ -379,8 +379,14 @@ static bool parse_http_part(struct span part, struct part_resp *r)
             return false;
     }
     r->body = split_headers((struct span){next, (size_t)(end - next)}, &rhdrs);
-    if (header_get(rhdrs, "Retry-After", val, sizeof(val)))
-        r->retry_after_ms = parse_long(val, 0) * 1000;
+    if (header_get(rhdrs, "Retry-After", val, sizeof(val))) {
+        /* delta-seconds, bounded like http.c does for the whole request
+           (a huge value must not overflow; a negative one means none) */
+        long secs = parse_long(val, 0);
+        if (secs > 86400)
+            secs = 86400;
+        r->retry_after_ms = secs > 0 ? secs * 1000 : 0;
+    }
     /* Trim trailing blank lines of the body. */
     while (r->body.len > 0 && (r->body.p[r->body.len - 1] == '\n' ||
                                r->body.p[r->body.len - 1] == '\r'))

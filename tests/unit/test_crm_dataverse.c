@@ -605,6 +605,37 @@ static void test_parse_results_mapping(void **state)
     assert_int_equal(ops[5].status, 503);
 }
 
+/* Found by fuzz_crm_batch: a huge per-part Retry-After overflowed the
+ * milliseconds (signed overflow); it is capped at a day like http.c's, and
+ * a negative one means none. */
+static void test_parse_retry_after_bounded(void **state)
+{
+    static const char *const values[] = {"3333333333333333333", "-5"};
+    static const long long want[] = {86400000LL, 0};
+    char body[512];
+    char err[256];
+    struct crm_op op;
+
+    (void)state;
+    for (int i = 0; i < 2; i++) {
+        snprintf(body, sizeof(body),
+                 "--b\nContent-Type: application/http\n\n"
+                 "HTTP/1.1 429 Too Many Requests\nRetry-After: %s\n\n"
+                 "{}\n--b--\n",
+                 values[i]);
+        memset(&op, 0, sizeof(op));
+        op.method = "PATCH";
+        op.path = "x(1)";
+        op.body = "{}";
+        assert_int_equal(crm_dataverse_batch_parse("multipart/mixed;boundary=b",
+                                                   body, strlen(body), &op, 1,
+                                                   err, sizeof(err)),
+                         CS_ERR_OK);
+        assert_int_equal(op.result, CRM_OP_RETRY);
+        assert_int_equal(op.retry_after_ms, want[i]);
+    }
+}
+
 static void test_parse_garbage_is_protocol_error(void **state)
 {
     struct crm_op ops[1];
@@ -1179,6 +1210,7 @@ int main(void)
         cmocka_unit_test(test_parse_golden_09_continue_lf_and_crlf),
         cmocka_unit_test(test_parse_changeset_failure),
         cmocka_unit_test(test_parse_results_mapping),
+        cmocka_unit_test(test_parse_retry_after_bounded),
         cmocka_unit_test(test_parse_garbage_is_protocol_error),
         cmocka_unit_test(test_token_cached_and_headers),
         cmocka_unit_test(test_401_refreshes_token_once),
