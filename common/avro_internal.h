@@ -58,9 +58,7 @@ struct resolver_entry {
     enum cs_err status;              /* CS_ERR_OK or SCHEMA_INCOMPATIBLE */
     char reason[RESOLVE_REASON_MAX]; /* why resolution failed */
     bool direct;                     /* writer == reader: plain read */
-    avro_value_iface_t *resolver;    /* resolved writer, owned */
-    avro_value_t rvalue;             /* resolved-writer value, reused */
-    bool have_rvalue;                /* rvalue was created */
+    avro_value_iface_t *resolver;    /* resolved writer (values per decode) */
     /* Reader minus the fields the writer lacks (NULL when none): data is
      * resolved into it, then copied into the reader with defaults. */
     avro_schema_t projected;

@@ -276,11 +276,6 @@ void avc_resolver_build(struct resolver_entry *r, struct schema_entry *w,
                  avc_err_text(abuf, sizeof(abuf)));
         goto out_free_json;
     }
-    if (avro_resolved_writer_new_value(r->resolver, &r->rvalue) != 0) {
-        snprintf(r->reason, sizeof(r->reason), "out of memory");
-        goto out_free_json;
-    }
-    r->have_rvalue = true;
     r->status = CS_ERR_OK;
 out_free_json:
     free(ptext);
@@ -289,8 +284,6 @@ out_free_json:
 
 void avc_resolver_clear(struct resolver_entry *r)
 {
-    if (r->have_rvalue)
-        avro_value_decref(&r->rvalue);
     if (r->resolver)
         avro_value_iface_decref(r->resolver);
     if (r->projected_iface)
@@ -323,9 +316,22 @@ enum cs_err avc_resolver_decode(struct resolver_entry *r,
     if (r->direct) {
         arc = avro_value_read(reader, target);
     } else {
-        avro_resolved_writer_set_dest(&r->rvalue, target);
-        arc = avro_value_read(reader, &r->rvalue);
-        avro_resolved_writer_clear_dest(&r->rvalue);
+        /* A fresh resolved-writer value per decode, never a cached one:
+         * avro-c 1.11's resolved map writer keeps the wrappers of every
+         * entry it ever saw (its reset does not clear them), so a reused
+         * value grew with every map entry of every message, and the
+         * array / map wrapper buffers it kept were reported as leaks by
+         * LeakSanitizer (found by tests/fuzz/fuzz_avro_frame). */
+        avro_value_t rvalue;
+
+        if (avro_resolved_writer_new_value(r->resolver, &rvalue) != 0) {
+            rc = CS_ERR_NOMEM;
+            goto out_free_tmp;
+        }
+        avro_resolved_writer_set_dest(&rvalue, target);
+        arc = avro_value_read(reader, &rvalue);
+        avro_resolved_writer_clear_dest(&rvalue);
+        avro_value_decref(&rvalue);
     }
     if (arc != 0) {
         avc_set_err(errstr, errstr_size, "avro: %s",
@@ -334,6 +340,7 @@ enum cs_err avc_resolver_decode(struct resolver_entry *r,
     } else if (target != out) {
         rc = copy_fill(rd, target, out, errstr, errstr_size);
     }
+out_free_tmp:
     if (target != out)
         avro_value_decref(&tmp);
 out_free_out:

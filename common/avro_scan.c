@@ -130,8 +130,12 @@ static bool scan_blocks(struct scan *sc, avro_schema_t items, bool is_map,
             if (bytes < 0 || (uint64_t)bytes > sc->len - sc->pos)
                 return scan_invalid(sc, "block size", bytes);
         }
-        /* Each non-empty item takes at least one byte. */
-        if (empty_items ? total + count > EMPTY_ITEMS_MAX
+        /* Each non-empty item takes at least one byte. Zero-byte items
+         * are capped in all: written as `count > MAX - total` because
+         * `total + count` overflowed for a huge count after a first block,
+         * wrapped negative, passed, and the loop below ran ~2^63 times
+         * (found by tests/fuzz/fuzz_avro_frame). */
+        if (empty_items ? count > EMPTY_ITEMS_MAX - total
                         : (uint64_t)count > sc->len - sc->pos)
             return scan_invalid(sc, "block count", count);
         total += count;
