@@ -44,7 +44,7 @@ for t in "${targets[@]}"; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-    crashes=$(ls build/fuzz/crashes/"$t"-* 2>/dev/null | wc -l)
+    crashes=$(find build/fuzz/crashes -name "$t-*" | wc -l)
     printf '%-22s %12s %10s %8s %s\n' "$t" "${execs:-?}" "${rate:-?}" \
         "${cov:-?}" "$crashes"
     if [ "$status" -ne 0 ]; then
